@@ -1,0 +1,93 @@
+"""One settings object for the whole system.
+
+Values come from (highest first): keyword arguments, ``MATCHER_*`` environment
+variables, a TOML file named by ``MATCHER_CONFIG`` (default ``matcher.toml`` in
+the working directory, if present), then the defaults below.  ``DATABASE_URL``
+is also honoured without the prefix because every hosting platform sets it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+Backend = Literal["classical", "deep"]
+
+
+def _default_data_dir() -> Path:
+    return Path(user_data_dir("matcher", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MATCHER_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded database, cutouts, caches.")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MATCHER_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="Postgres URL with pgvector; empty means the embedded pgserver under data_dir.",
+    )
+    weights_dir: Path | None = Field(default=None, description="Model weights; default data_dir/weights.")
+
+    backend: Backend = "classical"
+    # Deep backends.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    sam_model: str = "vit_b"
+    device: str = "auto"
+    batch_size: int = 16
+
+    # Cutouts and matting.
+    matting_max_side: int = 1024
+    composite_background: tuple[int, int, int] = (128, 128, 128)
+    min_coverage: float = 0.01
+    max_coverage: float = 0.92
+    dominant_colors: int = 4
+
+    # Search.
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    ef_search: int = 100
+    top_n: int = 100
+
+    # Safe image loading.
+    max_image_pixels: int = 80_000_000
+    max_image_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("MATCHER_CONFIG", "matcher.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @property
+    def resolved_weights_dir(self) -> Path:
+        return self.weights_dir or self.data_dir / "weights"
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
