@@ -1,0 +1,1 @@
+"""Catalog jobs built on the ``matcher`` library: reading catalogs and indexing them."""
