@@ -1,0 +1,120 @@
+"""`matcher index` end to end on the real embedded Postgres with real bench images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from indexer.job import run_index
+from matcher.db import repository as repo
+from matcher.db.engine import get_engine
+from matcher.db.models import Cutout, Embedding, Product
+
+
+def _bench_subset(bench_dir: Path, tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
+    """Copy ``n`` bench products (images only) into a small catalog of our own."""
+    products = [json.loads(line) for line in (bench_dir / "catalog" / "products.jsonl").open()][:n]
+    (tmp_path / "images").mkdir(exist_ok=True)
+    rows = []
+    for p in products:
+        target = tmp_path / "images" / Path(p["image"]).name
+        shutil.copy(bench_dir / p["image"], target)
+        rows.append({"sku": p["sku"], "title": p["name"], "category": p["category"], "image": f"images/{target.name}"})
+    catalog = tmp_path / "products.jsonl"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return catalog, rows
+
+
+def _skus(session: Session, model) -> set[str]:
+    return set(session.scalars(select(Product.sku).join(model, model.product_id == Product.id)))
+
+
+def test_index_stores_every_product_and_rerun_does_no_work(bench_dir, tmp_path, db_settings):
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 6)
+    report = run_index(catalog, db_settings, progress=False)
+    assert report.counts["indexed"] + report.counts["mask_fail"] == 6
+    assert report.failures == []
+
+    with Session(get_engine(db_settings)) as session:
+        skus = {r["sku"] for r in rows}
+        assert set(session.scalars(select(Product.sku))) == skus
+        assert _skus(session, Cutout) == skus
+        assert len(_skus(session, Embedding)) == report.counts["indexed"]
+        space = repo.active_space(session)
+        assert space is not None and space.embedder_id.startswith("classical:")
+        stored_dim = session.scalar(select(Embedding.dim).limit(1))
+        assert stored_dim == space.dim
+
+    again = run_index(catalog, db_settings, progress=False)
+    assert again.processed == 0
+    assert again.counts["unchanged"] == 6
+
+
+def test_changed_image_and_metadata_are_picked_up(bench_dir, tmp_path, db_settings):
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 3)
+    run_index(catalog, db_settings, progress=False)
+    # Swap the first product's image for the fourth bench image, and retitle the second.
+    other = json.loads((bench_dir / "catalog" / "products.jsonl").open().readlines()[3])
+    shutil.copy(bench_dir / other["image"], tmp_path / rows[0]["image"])
+    rows[1]["title"] = "Renamed"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    report = run_index(catalog, db_settings, progress=False)
+    assert report.processed == 1
+    assert report.counts["metadata_updated"] == 1
+    with Session(get_engine(db_settings)) as session:
+        titles = dict(session.execute(select(Product.sku, Product.title)).all())
+        assert titles[rows[1]["sku"]] == "Renamed"
+
+
+def test_bad_items_are_reported_and_leave_nothing_behind(bench_dir, tmp_path, db_settings):
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 2)
+    good_jpeg = (tmp_path / rows[0]["image"]).read_bytes()
+    (tmp_path / "images" / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 3])
+    (tmp_path / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 50)
+    bad = [
+        {"sku": "bad/truncated", "title": "t", "image": "images/truncated.jpg"},
+        {"sku": "bad/corrupt", "title": "c", "image": "images/corrupt.jpg"},
+        {"sku": "bad/missing", "title": "m", "image": "images/missing.jpg"},
+    ]
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows + bad) + "{broken json\n")
+
+    report = run_index(catalog, db_settings, progress=False)
+    reasons = {f.sku: f.reason for f in report.failures}
+    assert set(reasons) == {"bad/truncated", "bad/corrupt", "bad/missing", None}
+    assert "truncated" in reasons["bad/truncated"] or "corrupt" in reasons["bad/truncated"]
+    assert "not a recognised image" in reasons["bad/corrupt"] or "corrupt" in reasons["bad/corrupt"]
+    assert "file not found" in reasons["bad/missing"]
+    assert report.processed == 2
+
+    with Session(get_engine(db_settings)) as session:
+        assert set(session.scalars(select(Product.sku))) == {r["sku"] for r in rows}
+        stored = repo.run_failures(session, report.run_id)
+        assert {f.sku for f in stored} == set(reasons)
+
+
+def test_a_failure_while_storing_rolls_back_the_whole_item(bench_dir, tmp_path, db_settings, monkeypatch):
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 3)
+    victim = rows[1]["sku"]
+    real_upsert = repo.upsert_embedding
+
+    def failing_upsert(session, product_id, space, model_id, vector, image_sha256):
+        sku = session.scalar(select(Product.sku).where(Product.id == product_id))
+        if sku == victim:
+            raise RuntimeError("simulated crash after product and cutout were written")
+        return real_upsert(session, product_id, space, model_id, vector, image_sha256)
+
+    monkeypatch.setattr(repo, "upsert_embedding", failing_upsert)
+    report = run_index(catalog, db_settings, progress=False)
+    if report.counts["mask_fail"]:
+        pytest.skip("the victim item failed its mask gate, so no embedding was written")
+    assert [f.sku for f in report.failures] == [victim]
+    with Session(get_engine(db_settings)) as session:
+        assert victim not in set(session.scalars(select(Product.sku)))
+        assert victim not in _skus(session, Cutout)
+        assert len(set(session.scalars(select(Product.sku)))) == 2
