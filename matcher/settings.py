@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
     sam_model: str = "vit_b"
+    sam_checkpoint: Path | None = Field(default=None, description="Local SAM checkpoint instead of the manifest file.")
+    clip_checkpoint: Path | None = Field(default=None, description="Local open_clip checkpoint instead of the manifest file.")
+    detector_checkpoint: Path | None = Field(default=None, description="Local detector .pt instead of the manifest file.")
+    rtdetr_weights: str = "rtdetr-l"
+    yoloworld_weights: str = "yolov8s-worldv2"
+    detector_conf: float = 0.25
+    detector_imgsz: int = 640
     device: str = "auto"
     batch_size: int = 16
 
@@ -55,6 +62,7 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = 64
     ef_search: int = 100
     top_n: int = 100
+    stored_candidates: int = 20  # per detection, for the review app
 
     # Safe image loading.
     max_image_pixels: int = 80_000_000
