@@ -189,6 +189,9 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
             if status == "done":
                 live_space = session.merge(space)
                 repo.activate_space(session, live_space)
+        if status == "done" and report_processed(counts):
+            with Session(engine) as session, session.begin():
+                repo.analyze_index_tables(session)
     report.counts = counts
     report.failures = failures
     return report
@@ -285,6 +288,10 @@ def _crop_rgba(cutout) -> np.ndarray:
         return rgba
     rows, cols = cutout.bbox.int_slices()
     return rgba[rows, cols]
+
+
+def report_processed(counts: dict[str, int]) -> int:
+    return counts.get("indexed", 0) + counts.get("mask_fail", 0)
 
 
 def iter_failures(report: IndexReport) -> Iterable[str]:

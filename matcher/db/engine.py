@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _sqlalchemy_url(url: str) -> str:
 @lru_cache(maxsize=4)
 def _start_embedded(pgdata: Path) -> str:
     try:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise DatabaseError("no DATABASE_URL set and the embedded server package 'pgserver' is not installed") from exc
     pgdata.mkdir(parents=True, exist_ok=True)
@@ -50,16 +53,18 @@ def database_url(settings: Settings) -> str:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs from this data directory."""
-    import subprocess
+    import os
 
     pgdata = settings.pgdata_dir.resolve()
     if not (pgdata / "postmaster.pid").exists():
         return False
-    import pgserver
+    # pgserver runs Postgres as its own 'pgserver' user when we are root (Postgres refuses root);
+    # its pg_ctl wrapper switches to that user.
+    from pgserver._commands import pg_ctl
 
-    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-    subprocess.run([str(pg_ctl), "-D", str(pgdata), "-m", "fast", "stop"], check=False, capture_output=True)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None)
     _start_embedded.cache_clear()
+    _engine_for.cache_clear()
     return True
 
 

@@ -139,6 +139,12 @@ def delete_embedding(session: Session, product_id: int, space: EmbeddingSpace) -
     session.execute(delete(Embedding).where(Embedding.product_id == product_id, Embedding.space_id == space.id))
 
 
+def analyze_index_tables(session: Session) -> None:
+    """Fresh planner statistics after bulk writes: without them the planner may sort instead of using HNSW."""
+    session.execute(text("ANALYZE products"))
+    session.execute(text("ANALYZE embeddings"))
+
+
 def table_counts(session: Session) -> dict[str, int]:
     counts = {}
     for model in (Product, Cutout, Embedding, EmbeddingSpace, IndexRun, IndexFailure):
@@ -203,7 +209,8 @@ def search(session: Session, space: EmbeddingSpace, query: np.ndarray, k: int, *
     dim = int(space.dim)
     if query.shape != (dim,):
         raise ValueError(f"query of shape {query.shape} does not fit space {space.name} (dim {dim})")
-    session.execute(text("SET LOCAL hnsw.ef_search = :ef"), {"ef": int(max(ef_search, k))})
+    # SET cannot take bind parameters; set_config(..., is_local => true) is the same as SET LOCAL.
+    session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(int(max(ef_search, k)))})
     if exact:
         session.execute(text("SET LOCAL enable_indexscan = off"))
     if category is not None and pgvector_version(session) >= (0, 8, 0):
@@ -222,3 +229,106 @@ def search(session: Session, space: EmbeddingSpace, query: np.ndarray, k: int, *
 
 def _vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+
+
+# --- re-rankers --------------------------------------------------------------------------------
+
+def save_reranker(session: Session, *, version: str, kind: str, feature_names: list[str], model: bytes | None,
+                  metrics: dict, activate: bool) -> int:
+    from .models import Reranker
+
+    row = Reranker(version=version, kind=kind, feature_names=feature_names, model=model, metrics=metrics, active=False)
+    session.add(row)
+    session.flush()
+    if activate:
+        activate_reranker(session, version)
+    return int(row.id)
+
+
+def activate_reranker(session: Session, version: str) -> None:
+    from .models import Reranker
+
+    session.execute(update(Reranker).where(Reranker.active.is_(True)).values(active=False))
+    session.flush()
+    changed = session.execute(update(Reranker).where(Reranker.version == version).values(active=True)).rowcount
+    if not changed:
+        raise KeyError(f"no re-ranker version {version!r}")
+
+
+def active_reranker(session: Session):
+    from .models import Reranker
+
+    return session.scalar(select(Reranker).where(Reranker.active.is_(True)))
+
+
+def list_rerankers(session: Session, limit: int = 20):
+    from .models import Reranker
+
+    return list(session.scalars(select(Reranker).order_by(Reranker.id.desc()).limit(limit)))
+
+
+# --- catalog shapes for the re-ranker features ---------------------------------------------------
+
+def catalog_cutouts(session: Session, product_ids: Iterable[int], segmenter_id: str) -> dict[int, Cutout]:
+    ids = list(product_ids)
+    if not ids:
+        return {}
+    rows = session.scalars(select(Cutout).where(Cutout.product_id.in_(ids), Cutout.segmenter_id == segmenter_id))
+    return {c.product_id: c for c in rows}
+
+
+def product_ids_by_sku(session: Session, skus: Iterable[str]) -> dict[str, int]:
+    return dict(session.execute(select(Product.sku, Product.id).where(Product.sku.in_(list(skus)))).all())
+
+
+# --- queries, detections, candidates -------------------------------------------------------------
+
+def save_query(session: Session, *, image_path: str, image_sha256: str, width: int, height: int, source: str,
+               space_id: int | None, reranker_version: str | None, timings: dict) -> int:
+    from .models import Query
+
+    row = Query(image_path=image_path, image_sha256=image_sha256, width=width, height=height, source=source,
+                space_id=space_id, reranker_version=reranker_version, timings=timings)
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def save_detection(session: Session, query_id: int, **fields: Any) -> int:
+    from .models import DetectionRow
+
+    row = DetectionRow(query_id=query_id, **fields)
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def save_candidates(session: Session, detection_id: int, candidates: Iterable[dict[str, Any]]) -> None:
+    from .models import CandidateRow
+
+    session.add_all(CandidateRow(detection_id=detection_id, **c) for c in candidates)
+
+
+def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]:
+    """(photo key, candidate features, labels) for every detection with a live approve/reject decision."""
+    from .models import CandidateRow, Decision, DetectionRow
+
+    latest = (
+        select(Decision.detection_id, Decision.verdict, Decision.product_id)
+        .where(Decision.undone_at.is_(None), Decision.verdict.in_(("approve", "reject_all")))
+        .distinct(Decision.detection_id)
+        .order_by(Decision.detection_id, Decision.created_at.desc())
+        .subquery()
+    )
+    rows = session.execute(
+        select(DetectionRow.query_id, latest.c.detection_id, latest.c.product_id, CandidateRow.product_id, CandidateRow.features)
+        .join(latest, latest.c.detection_id == DetectionRow.id)
+        .join(CandidateRow, CandidateRow.detection_id == DetectionRow.id)
+        .order_by(latest.c.detection_id, CandidateRow.rank)
+    ).all()
+    groups: dict[int, tuple[str, list[dict], list[int]]] = {}
+    for query_id, detection_id, approved, candidate_product, features in rows:
+        key, feats, labels = groups.setdefault(detection_id, (str(query_id), [], []))
+        feats.append(features)
+        labels.append(int(approved is not None and candidate_product == approved))
+    return list(groups.values())
