@@ -12,10 +12,16 @@ from rich.table import Table
 
 from . import service
 from .settings import Backend, Settings
+from .diffmask.cli import diffmask_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Visual search and product matching for home furnishing.")
+app.command("diffmask")(diffmask_command)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema and the embedded server.")
 app.add_typer(db_app, name="db")
+models_app = typer.Typer(no_args_is_help=True, help="Model weights: list what is present, fetch what is missing.")
+app.add_typer(models_app, name="models")
+rerank_app = typer.Typer(no_args_is_help=True, help="Train, list and activate re-ranker models.")
+app.add_typer(rerank_app, name="rerank")
 console = Console()
 
 
@@ -48,6 +54,36 @@ def db_status() -> None:
 def db_stop() -> None:
     """Stop the embedded Postgres server (it is otherwise left running for speed)."""
     console.print("stopped" if service.db_stop(_settings()) else "embedded server was not running")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Known weight files, whether each is present, and where it is looked for."""
+    from . import weights
+
+    table = Table("name", "present", "size", "path", "for")
+    for spec, path, present in weights.status(_settings()):
+        table.add_row(spec.name, "yes" if present else "[yellow]missing[/yellow]", spec.size_hint, str(path), spec.purpose)
+    console.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Annotated[list[str], typer.Argument(help="Names from `matcher models list`.")],
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+) -> None:
+    """Download weights into the weights directory and verify their sha256."""
+    from . import weights
+
+    failed = False
+    for name in names:
+        try:
+            console.print(f"{name}: {weights.fetch(name, _settings(), force=force)}")
+        except (weights.MissingWeightsError, weights.WeightsChecksumError, weights.UnknownWeightsError, OSError) as exc:
+            console.print(f"[red]{name}:[/red] {exc}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("index")
@@ -108,6 +144,114 @@ def eval_masks(
         table.add_row(name, str(row["n"]), f"{row['mean_iou']:.4f}", f"{row['boundary_f1']:.4f}",
                       f"{row['alpha_sad']:.2f}", f"{row['binary_sad']:.2f}", f"{row['leakage_rate']:.2%}",
                       str(row["mask_fail"]))
+    console.print(table)
+
+
+@app.command("match")
+def match(
+    image: Annotated[Path, typer.Argument(help="A room photo.")],
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="x,y,w,h in pixels; repeatable. Skips detection.")] = None,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detector backend(s), e.g. rtdetr, yoloworld.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Candidates shown per detection.")] = 5,
+    backend: Annotated[Optional[Backend], typer.Option()] = None,
+    category_filter: Annotated[bool, typer.Option(help="Search only the detection's category.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    store: Annotated[bool, typer.Option(help="Store the query for the review app.")] = True,
+) -> None:
+    """Find furniture in a photo and rank catalog products for each piece, with reasons."""
+    import json as jsonlib
+
+    from .imageio import ImageLoadError
+    from .query import NotIndexedError, parse_box
+
+    try:
+        boxes = [parse_box(b) for b in box] if box else None
+        result = service.match_image(image, _settings(backend=backend), boxes=boxes, detectors=tuple(detector or ()),
+                                     category_filter=category_filter, store=store)
+    except (ImageLoadError, NotIndexedError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(jsonlib.dumps(result.to_dict(top_k), indent=2))
+        return
+    _print_match(result, top_k)
+
+
+def _print_match(result, top_k: int) -> None:
+    console.print(f"query {result.query_id}: {result.image} ({result.width}x{result.height}), space {result.space}, "
+                  f"ranking {result.reranker_version}")
+    for index, obj in enumerate(result.objects):
+        det = obj.detection
+        x, y, w, h = det.box.xywh()
+        status = obj.cutout.fail_reason if obj.cutout and obj.cutout.fail_reason else "ok"
+        console.print(f"\n[bold]detection {index}[/bold] box {x:.0f},{y:.0f},{w:.0f},{h:.0f} score {det.score:.2f} "
+                      f"({det.source}, {det.label}) mask: {status}; cutout {obj.cutout_path or '-'}")
+        table = Table("#", "sku", "category", "score", "cosine", "ΔE2000", "sil. IoU", "aspect", "fill", "category ok")
+        for rank, c in enumerate(obj.candidates[:top_k], start=1):
+            f = c.features
+            table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", f"{f['delta_e']:.1f}",
+                          f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",
+                          f"{f['category_agreement']:.1f}")
+        console.print(table)
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items() if v)
+    console.print(f"timings: {timings}")
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="Bench-format data set: catalog/products.jsonl + scenes/instances.json.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Report path; a .md report and example images go beside it.")],
+    use_gt_boxes: Annotated[bool, typer.Option("--use-gt-boxes", help="Query with the annotated boxes.")] = False,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detector backend(s) to evaluate.")] = None,
+    backend: Annotated[Optional[Backend], typer.Option()] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N scenes.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes for indexing the catalog.")] = 1,
+) -> None:
+    """Index the data set's catalog if needed, query every scene, report recall, mask quality and timings."""
+    if not use_gt_boxes and not detector:
+        console.print("[red]error:[/red] give --use-gt-boxes and/or --detector NAME")
+        raise typer.Exit(2)
+    report = service.evaluate_dataset(dataset, _settings(backend=backend), json_out=json_out, use_gt_boxes=use_gt_boxes,
+                                      detectors=tuple(detector or ()), limit=limit, workers=workers)
+    for key in ("gt_boxes", "detected_boxes"):
+        if report.get(key):
+            console.print(f"[bold]{key}[/bold]: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
+    held = (report.get("reranker") or {}).get("trained_on_split", {}).get("held_out")
+    if held:
+        console.print(f"re-ranker on held-out scenes ({held['groups']} objects): recall@1 cosine {held['cosine_recall@1']:.3f} "
+                      f"-> re-ranked {held['reranked_recall@1']:.3f} (lift {held['lift_recall@1']:+.3f})")
+    console.print(f"report: {json_out} and {report['markdown']}")
+
+
+@rerank_app.command("train")
+def rerank_train(
+    source: Annotated[str, typer.Option(help="decisions (review app) or bench (a data set's ground truth).")] = "decisions",
+    dataset: Annotated[Optional[Path], typer.Option(help="Bench data set, for --source bench.")] = None,
+    activate: Annotated[str, typer.Option(help="if-better, always or never.")] = "if-better",
+    backend: Annotated[Optional[Backend], typer.Option()] = None,
+    test_fraction: Annotated[float, typer.Option(help="Share of photos held out.")] = 0.3,
+) -> None:
+    """Train the gradient-boosted re-ranker and report its held-out lift over cosine alone."""
+    try:
+        info = service.train_reranker(_settings(backend=backend), source=source, dataset=dataset, activate=activate,
+                                      test_fraction=test_fraction)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    held = info["held_out"]
+    console.print(f"re-ranker {info['version']}: trained on {info['train_groups']} objects ({info['train_pairs']} pairs); "
+                  f"held-out {held['groups']} objects: recall@1 cosine {held['cosine_recall@1']:.3f} -> "
+                  f"{held['reranked_recall@1']:.3f} (lift {held['lift_recall@1']:+.3f}); "
+                  f"{'activated' if info['activated'] else 'not activated'}")
+
+
+@rerank_app.command("list")
+def rerank_list() -> None:
+    """Stored re-ranker versions."""
+    table = Table("version", "kind", "active", "created", "held-out lift r@1")
+    for r in service.list_rerankers(_settings()):
+        lift = r["lift_recall@1"]
+        table.add_row(r["version"], r["kind"], "yes" if r["active"] else "", r["created_at"], "-" if lift is None else f"{lift:+.3f}")
     console.print(table)
 
 
