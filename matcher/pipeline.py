@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .backends.protocols import Segmenter
@@ -23,6 +24,19 @@ class PreparedImage:
     image: LoadedImage
     cutout: Cutout
     composite: np.ndarray | None  # None when the cutout failed its quality gate
+
+
+REFERENCE_LONG_SIDE = 256
+
+
+def reference_thumbnail(rgb: np.ndarray, long_side: int = REFERENCE_LONG_SIDE) -> np.ndarray:
+    """The small lossless copy a later image is compared with (area-averaged, so JPEG noise mostly cancels)."""
+    height, width = rgb.shape[:2]
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def prepare_image(image: LoadedImage, segmenter: Segmenter, settings: Settings, box: Box | None = None) -> PreparedImage:

@@ -1,0 +1,1 @@
+"""Evaluation of the pipeline stages against ground truth (bench data sets)."""
