@@ -1,13 +1,21 @@
-"""``matcher index``: bring a catalog into the database, idempotently.
+"""``matcher index`` and ``matcher reindex``: bring a catalog into the database, incrementally.
 
 Flow per run:
-1. read the catalog (bad rows become failures with their line number);
-2. hash each image file and compare with what the active embedding space holds:
-   unchanged items are skipped without decoding;
-3. decode, segment, matte and composite in a process pool (CPU-bound, per item);
-4. embed the composites in batches in this process (one model load, batched);
-5. write product + cutout + embedding of each item in ONE transaction, so a
-   crash or a bad item never leaves half an item behind.
+1. take the index advisory lock (a second concurrent run stops with a clear message);
+   runs left "running" by a killed process are marked "interrupted";
+2. read the catalog (bad rows become failures with their line number);
+3. plan: compare every row with what the current embedding space holds —
+   unchanged (same image hash, already embedded: no decoding at all), new,
+   changed bytes (checked perceptually against the stored reference thumbnail,
+   so a re-encoded or resized copy is not re-segmented), or missing from this
+   space (a new model: re-embed); products gone from the catalog are
+   soft-deleted (reindex only);
+4. decode, segment, matte and composite in a process pool (CPU-bound, per item);
+5. embed the composites in batches in this process (one model load);
+6. write product + cutout + embedding (+ event) of each item in ONE transaction,
+   so ``kill -9`` at any point loses at most the items in flight, which the
+   next run redoes; nothing is ever half-written or written twice;
+7. the space becomes the searched one only once every live product is in it.
 """
 
 from __future__ import annotations
@@ -15,29 +23,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from matcher import registry
-from matcher.codec import alpha_to_uint8, encode_png
+from matcher.codec import alpha_to_uint8, decode_png, encode_png
 from matcher.db import repository as repo
 from matcher.db.engine import get_engine
 from matcher.db.migrate import upgrade
 from matcher.imageio import ImageLoadError, decode_image, read_bytes
-from matcher.pipeline import PreparedImage, prepare_image
+from matcher.pipeline import PreparedImage, prepare_image, reference_thumbnail
 from matcher.settings import Settings
 from matcher.types import CatalogError, CatalogRow
 
 from .catalog import read_catalog
 
 log = logging.getLogger(__name__)
+
+COUNT_KEYS = ("catalog_rows", "new", "changed", "reembedded", "indexed", "mask_fail", "unchanged",
+              "perceptually_equal", "metadata_updated", "removed", "failed", "interrupted_runs")
+
+
+class IndexLockedError(RuntimeError):
+    """Another index run holds the lock."""
 
 
 @dataclass
@@ -49,20 +68,36 @@ class IndexReport:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[CatalogError] = field(default_factory=list)
     seconds: float = 0.0
+    space_active: bool = False
+    reranker: dict | None = None
 
     @property
     def processed(self) -> int:
+        """Items that went through segmentation (and embedding, unless their mask failed)."""
         return self.counts.get("indexed", 0) + self.counts.get("mask_fail", 0)
+
+
+@dataclass
+class _WorkItem:
+    row: CatalogRow
+    reason: str  # new | changed | reembedded
+    reference_png: bytes | None = None  # set when a perceptual check may spare the work
 
 
 @dataclass
 class _Outcome:
     """What a worker sends back for one catalog row."""
 
-    row: CatalogRow
+    item: _WorkItem
     sha256: str | None = None
     prepared: PreparedImage | None = None
+    reference_png: bytes | None = None
+    same_picture: dict | None = None  # the perceptual verdict when the new bytes show the same picture
     error: CatalogError | None = None
+
+    @property
+    def row(self) -> CatalogRow:
+        return self.item.row
 
 
 # --- worker side --------------------------------------------------------------------------------
@@ -77,20 +112,36 @@ def _init_worker(settings: Settings, segmenter_name: str) -> None:
     _worker_segmenter = registry.create("segmenter", segmenter_name, settings)
 
 
-def _prepare_row(row: CatalogRow) -> _Outcome:
+def _prepare_item(item: _WorkItem) -> _Outcome:
     assert _worker_settings is not None and _worker_segmenter is not None
-    settings = _worker_settings
+    settings, row = _worker_settings, item.row
     try:
         data = read_bytes(row.image, max_bytes=settings.max_image_bytes)
         image = decode_image(data, source=row.image, max_pixels=settings.max_image_pixels)
     except ImageLoadError as exc:
-        return _Outcome(row, error=CatalogError(row.line, row.sku, "load", str(exc)))
+        return _Outcome(item, error=CatalogError(row.line, row.sku, "load", str(exc)))
+    thumbnail = reference_thumbnail(image.rgb)
+    if item.reference_png is not None:
+        verdict = _same_picture(item.reference_png, thumbnail)
+        if verdict is not None:
+            return _Outcome(item, sha256=image.sha256, same_picture=verdict)
     try:
         prepared = prepare_image(image, _worker_segmenter, settings)
     except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the batch
         log.exception("segmenting %s failed", row.sku)
-        return _Outcome(row, sha256=image.sha256, error=CatalogError(row.line, row.sku, "segment", f"{type(exc).__name__}: {exc}"))
-    return _Outcome(row, sha256=image.sha256, prepared=prepared)
+        return _Outcome(item, sha256=image.sha256, error=CatalogError(row.line, row.sku, "segment", f"{type(exc).__name__}: {exc}"))
+    return _Outcome(item, sha256=image.sha256, prepared=prepared, reference_png=encode_png(thumbnail))
+
+
+def _same_picture(reference_png: bytes, thumbnail: np.ndarray) -> dict | None:
+    """The perceptual verdict if the new image shows the same picture as the stored reference, else None."""
+    from matcher.diffmask import perceptually_equal
+
+    verdict = perceptually_equal(decode_png(reference_png), thumbnail)
+    if not verdict.equal:
+        return None
+    return {"changed_fraction": round(float(verdict.changed_fraction), 6), "threshold": round(float(verdict.threshold), 3),
+            "reason": getattr(verdict, "reason", "")}
 
 
 class _InlineExecutor(Executor):
@@ -112,12 +163,11 @@ def _executor(workers: int, settings: Settings, segmenter_name: str, segmenter) 
                                initargs=(settings, segmenter_name))
 
 
-def _ordered_results(executor: Executor, rows: list[CatalogRow], window: int) -> Iterator[_Outcome]:
-    """Submit at most ``window`` rows ahead so memory stays bounded on big catalogs."""
+def _ordered_results(executor: Executor, items: list[_WorkItem], window: int) -> Iterator[_Outcome]:
+    """Submit at most ``window`` items ahead so memory stays bounded on big catalogs."""
     pending: list[Future] = []
-    iterator = iter(rows)
-    for row in iterator:
-        pending.append(executor.submit(_prepare_row, row))
+    for item in items:
+        pending.append(executor.submit(_prepare_item, item))
         if len(pending) >= window:
             yield pending.pop(0).result()
     for future in pending:
@@ -130,96 +180,136 @@ def file_sha256(path: str, max_bytes: int) -> str:
     return hashlib.sha256(read_bytes(path, max_bytes=max_bytes)).hexdigest()
 
 
+@contextmanager
+def exclusive_index_lock(engine: Engine) -> Iterator[None]:
+    """Hold the index advisory lock for the duration; refuse to start if another run holds it."""
+    connection = engine.connect()
+    try:
+        if not repo.try_index_lock(connection):
+            with Session(engine) as session:
+                running = repo.running_runs(session)
+            who = ", ".join(f"run {r.id} ({r.kind}, started {r.started_at:%Y-%m-%d %H:%M:%S %Z})" for r in running)
+            raise IndexLockedError(f"another index run is in progress{': ' + who if who else ''}; "
+                                   "try again when it has finished")
+        connection.commit()
+        yield
+    finally:
+        connection.invalidate()  # closes the server session, which releases the advisory lock
+        connection.close()
+
+
 def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
-              progress: bool = True) -> IndexReport:
+              progress: bool = True, remove_missing: bool = False, since: datetime | None = None,
+              kind: str = "index", retrain_reranker: bool = False) -> IndexReport:
     started = time.perf_counter()
     engine = get_engine(settings)
     upgrade(engine)
     segmenter_name = registry.BACKEND_PRESETS[settings.backend]["segmenter"]
     embedder = registry.create_embedder(settings)
     segmenter = registry.create("segmenter", segmenter_name, settings)
-    segmenter_id = segmenter.segmenter_id
     rows, catalog_errors = read_catalog(catalog)
     if limit is not None:
         rows = rows[:limit]
 
-    with Session(engine) as session, session.begin():
-        space = repo.get_or_create_space(session, embedder.model_id, segmenter_id, embedder.dim,
-                                         settings.hnsw_m, settings.hnsw_ef_construction)
-        run_id = repo.start_run(session, catalog=str(catalog), backend=settings.backend, space_id=space.id)
-        state = repo.indexed_state(session, space)
-        session.expunge(space)
-    report = IndexReport(run_id=run_id, catalog=str(catalog), backend=settings.backend, space=space.name)
-    counts = {"catalog_rows": len(rows) + len(catalog_errors), "indexed": 0, "mask_fail": 0,
-              "unchanged": 0, "metadata_updated": 0, "failed": 0}
-    failures: list[CatalogError] = list(catalog_errors)
-
-    todo, unchanged_rows, hash_failures = _split_unchanged(rows, state, settings)
-    failures += hash_failures
-    counts["unchanged"] = len(unchanged_rows)
-    counts["metadata_updated"] = _refresh_metadata(engine, unchanged_rows)
-
-    status = "failed"
-    try:
-        bar = tqdm(total=len(todo), desc="indexing", unit="item", disable=not progress)
-        with _executor(workers, settings, segmenter_name, segmenter) as executor:
-            batch: list[_Outcome] = []
-            for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
-                if outcome.error is not None:
-                    failures.append(outcome.error)
-                    bar.update(1)
-                    continue
-                batch.append(outcome)
-                if len(batch) >= settings.batch_size:
-                    _store_batch(engine, batch, space, embedder, counts, failures)
-                    bar.update(len(batch))
-                    batch = []
-            if batch:
-                _store_batch(engine, batch, space, embedder, counts, failures)
-                bar.update(len(batch))
-        bar.close()
-        status = "done"
-    finally:
-        counts["failed"] = len(failures)
-        report.seconds = time.perf_counter() - started
+    with exclusive_index_lock(engine):
         with Session(engine) as session, session.begin():
-            for failure in failures:
-                repo.record_failure(session, run_id, failure.line, failure.sku, failure.stage, failure.reason)
-            repo.finish_run(session, run_id, counts, status, report.seconds)
-            if status == "done":
-                live_space = session.merge(space)
-                repo.activate_space(session, live_space)
-        if status == "done" and report_processed(counts):
+            stale = [r.id for r in repo.running_runs(session)]
+            repo.mark_interrupted(session, stale)
+            space = repo.get_or_create_space(session, embedder.model_id, segmenter.segmenter_id, embedder.dim,
+                                             settings.hnsw_m, settings.hnsw_ef_construction)
+            run_id = repo.start_run(session, catalog=str(catalog), backend=settings.backend, space_id=space.id, kind=kind)
+            state = repo.indexed_state(session, space)
+            session.expunge(space)
+        report = IndexReport(run_id=run_id, catalog=str(catalog), backend=settings.backend, space=space.name)
+        counts = dict.fromkeys(COUNT_KEYS, 0)
+        counts["catalog_rows"] = len(rows) + len(catalog_errors)
+        counts["interrupted_runs"] = len(stale)
+        failures: list[CatalogError] = list(catalog_errors)
+
+        todo, unchanged_rows, hash_failures = plan(rows, state, settings, since)
+        failures += hash_failures
+        counts["unchanged"] = len(unchanged_rows)
+        _attach_references(engine, todo)
+        status = "failed"
+        try:
+            counts["metadata_updated"] = _refresh_metadata(engine, unchanged_rows)
+            if remove_missing:
+                counts["removed"] = _remove_missing(engine, run_id, rows, catalog_errors, limit)
+            _process(engine, todo, space, embedder, segmenter_name, segmenter, settings, workers, progress,
+                     run_id, counts, failures)
+            status = "done"
+        finally:
+            counts["failed"] = len(failures)
+            report.seconds = time.perf_counter() - started
+            with Session(engine) as session, session.begin():
+                for failure in failures:
+                    repo.record_failure(session, run_id, failure.line, failure.sku, failure.stage, failure.reason)
+                repo.finish_run(session, run_id, counts, status, report.seconds)
+        report.space_active = _activate_if_complete(engine, space) if status == "done" else False
+        if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
             with Session(engine) as session, session.begin():
                 repo.analyze_index_tables(session)
-    report.counts = counts
-    report.failures = failures
+    if retrain_reranker:
+        from matcher.service import retrain_reranker_if_due
+
+        report.reranker = retrain_reranker_if_due(settings)
+    report.counts, report.failures = counts, failures
     return report
 
 
-def _split_unchanged(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: Settings
-                     ) -> tuple[list[CatalogRow], list[CatalogRow], list[CatalogError]]:
+def plan(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: Settings, since: datetime | None
+         ) -> tuple[list[_WorkItem], list[CatalogRow], list[CatalogError]]:
+    """Split catalog rows into work items and unchanged rows without decoding any image."""
     todo, unchanged, failures = [], [], []
     for row in rows:
         known = state.get(row.sku)
         if known is None:
-            todo.append(row)
+            todo.append(_WorkItem(row, "new"))
+            continue
+        if since is not None and _done_for(known, known.product_sha256) and _modified_before(row.image, since):
+            unchanged.append(row)  # trusted without hashing: not touched since the given time
             continue
         try:
             sha = file_sha256(row.image, settings.max_image_bytes)
         except ImageLoadError as exc:
             failures.append(CatalogError(row.line, row.sku, "load", str(exc)))
             continue
-        done_in_space = known.embedding_sha256 == sha or (known.cutout_failed and known.cutout_sha256 == sha)
-        if known.product_sha256 == sha and done_in_space and not known.deleted:
+        if sha == known.product_sha256 and _done_for(known, sha):
             unchanged.append(row)
+        elif sha == known.product_sha256:
+            todo.append(_WorkItem(row, "reembedded"))  # same image, but this space (a new model) lacks it
         else:
-            todo.append(row)
+            todo.append(_WorkItem(row, "changed", reference_png=b"" if _done_for(known, known.product_sha256) else None))
     return todo, unchanged, failures
 
 
-def _refresh_metadata(engine, rows: list[CatalogRow]) -> int:
-    """Title/category/attribute edits need no image work: update them in place."""
+def _done_for(known: repo.IndexedState, sha: str) -> bool:
+    """This space already holds the result for the image with hash ``sha``."""
+    return known.embedding_sha256 == sha or (known.cutout_failed and known.cutout_sha256 == sha)
+
+
+def _modified_before(image: str, since: datetime) -> bool:
+    if image.startswith(("http://", "https://")):
+        return False
+    try:
+        return datetime.fromtimestamp(os.stat(image).st_mtime, tz=timezone.utc) < since
+    except OSError:
+        return False
+
+
+def _attach_references(engine: Engine, todo: list[_WorkItem]) -> None:
+    """Load stored reference thumbnails for the changed items that may turn out to be the same picture."""
+    wanted = [item for item in todo if item.reference_png == b""]
+    if not wanted:
+        return
+    with Session(engine) as session:
+        references = repo.reference_images(session, (i.row.sku for i in wanted))
+    for item in wanted:
+        item.reference_png = references.get(item.row.sku)
+
+
+def _refresh_metadata(engine: Engine, rows: list[CatalogRow]) -> int:
+    """Title/category/attribute edits need no image work: update them in place (and revive removed rows)."""
     if not rows:
         return 0
     changed = 0
@@ -227,13 +317,70 @@ def _refresh_metadata(engine, rows: list[CatalogRow]) -> int:
         stored = repo.products_by_sku(session, (r.sku for r in rows))
         for row in rows:
             product = stored[row.sku]
-            if (product.title, product.category, product.attributes) != (row.title, row.category, row.attributes):
+            if (product.title, product.category, product.attributes) != (row.title, row.category, row.attributes) \
+                    or product.deleted_at is not None:
                 product.title, product.category, product.attributes = row.title, row.category, row.attributes
+                product.deleted_at = None
                 changed += 1
     return changed
 
 
-def _store_batch(engine, batch: list[_Outcome], space, embedder, counts: dict[str, int],
+def _remove_missing(engine: Engine, run_id: int, rows: list[CatalogRow], errors: list[CatalogError],
+                    limit: int | None) -> int:
+    """Soft-delete products that left the catalog. Skipped when the listing is partial (a --limit,
+    or rows that failed to parse, whose skus we cannot see), so a broken file never deletes products."""
+    if limit is not None or any(e.sku is None for e in errors):
+        log.warning("not removing missing products: the catalog listing is partial")
+        return 0
+    live = {r.sku for r in rows} | {e.sku for e in errors if e.sku}
+    with Session(engine) as session, session.begin():
+        gone = repo.soft_delete_missing(session, live)
+        for sku in gone:
+            repo.record_event(session, run_id, sku, "removed")
+    return len(gone)
+
+
+def _process(engine: Engine, todo: list[_WorkItem], space, embedder, segmenter_name: str, segmenter,
+             settings: Settings, workers: int, progress: bool, run_id: int, counts: dict[str, int],
+             failures: list[CatalogError]) -> None:
+    bar = tqdm(total=len(todo), desc="indexing", unit="item", disable=not progress or not todo)
+    with _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter) as executor:
+        batch: list[_Outcome] = []
+        for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
+            if outcome.error is not None:
+                failures.append(outcome.error)
+            elif outcome.same_picture is not None:
+                _store_same_picture(engine, outcome, run_id, counts, failures)
+            else:
+                batch.append(outcome)
+                if len(batch) >= settings.batch_size:
+                    _store_batch(engine, batch, space, embedder, run_id, counts, failures)
+                    bar.update(len(batch))
+                    batch = []
+                continue
+            bar.update(1)
+        if batch:
+            _store_batch(engine, batch, space, embedder, run_id, counts, failures)
+            bar.update(len(batch))
+    bar.close()
+
+
+def _store_same_picture(engine: Engine, outcome: _Outcome, run_id: int, counts: dict[str, int],
+                        failures: list[CatalogError]) -> None:
+    row = outcome.row
+    try:
+        with Session(engine) as session, session.begin():
+            product_id = repo.products_by_sku(session, [row.sku])[row.sku].id
+            repo.accept_same_picture(session, product_id, row.image, outcome.sha256)
+            repo.record_event(session, run_id, row.sku, "perceptually_equal", outcome.same_picture)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("recording %s failed", row.sku)
+        failures.append(CatalogError(row.line, row.sku, "store", f"{type(exc).__name__}: {exc}"))
+        return
+    counts["perceptually_equal"] += 1
+
+
+def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id: int, counts: dict[str, int],
                  failures: list[CatalogError]) -> None:
     embeddable = [o for o in batch if o.prepared is not None and o.prepared.composite is not None]
     vectors: dict[str, np.ndarray] = {}
@@ -251,10 +398,13 @@ def _store_batch(engine, batch: list[_Outcome], space, embedder, counts: dict[st
         try:
             with Session(engine) as session, session.begin():
                 _store_item(session, outcome, space, embedder.model_id, vectors.get(outcome.row.sku))
+                repo.record_event(session, run_id, outcome.row.sku, outcome.item.reason,
+                                  {"mask_fail": outcome.prepared.cutout.fail_reason} if not outcome.prepared.cutout.ok else {})
         except Exception as exc:  # noqa: BLE001 - the item's transaction rolled back as a whole
             log.exception("storing %s failed", outcome.row.sku)
             failures.append(CatalogError(outcome.row.line, outcome.row.sku, "store", f"{type(exc).__name__}: {exc}"))
             continue
+        counts[outcome.item.reason] += 1
         counts["indexed" if outcome.row.sku in vectors else "mask_fail"] += 1
 
 
@@ -263,7 +413,8 @@ def _store_item(session: Session, outcome: _Outcome, space, model_id: str, vecto
     assert prepared is not None and outcome.sha256 is not None
     cutout = prepared.cutout
     product_id = repo.upsert_product(session, sku=row.sku, title=row.title, category=row.category,
-                                     attributes=row.attributes, image_uri=row.image, image_sha256=outcome.sha256)
+                                     attributes=row.attributes, image_uri=row.image, image_sha256=outcome.sha256,
+                                     reference_png=outcome.reference_png)
     repo.upsert_cutout(
         session, product_id, space.segmenter_id,
         image_sha256=outcome.sha256,
@@ -290,10 +441,11 @@ def _crop_rgba(cutout) -> np.ndarray:
     return rgba[rows, cols]
 
 
-def report_processed(counts: dict[str, int]) -> int:
-    return counts.get("indexed", 0) + counts.get("mask_fail", 0)
-
-
-def iter_failures(report: IndexReport) -> Iterable[str]:
-    for f in report.failures:
-        yield f"line {f.line} {f.sku or '?'} [{f.stage}] {f.reason}"
+def _activate_if_complete(engine: Engine, space) -> bool:
+    """Search switches to a space only when every live product is in it."""
+    with Session(engine) as session, session.begin():
+        live = session.merge(space)
+        if repo.missing_in_space(session, live):
+            return live.status == "active"
+        repo.activate_space(session, live)
+        return True

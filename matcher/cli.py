@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,9 +22,11 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema and the embedde
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(no_args_is_help=True, help="Model weights: list what is present, fetch what is missing.")
 app.add_typer(models_app, name="models")
+spaces_app = typer.Typer(no_args_is_help=True, help="Embedding spaces (one per embedder + segmenter pair).")
+app.add_typer(spaces_app, name="spaces")
 rerank_app = typer.Typer(no_args_is_help=True, help="Train, list and activate re-ranker models.")
 app.add_typer(rerank_app, name="rerank")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _settings(**overrides) -> Settings:
@@ -95,13 +99,68 @@ def index(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Segment, matte, embed and store every product of a catalog; unchanged items are skipped."""
+    from indexer.job import IndexLockedError
+
     settings = _settings(backend=backend)
     try:
         report = service.index_catalog(catalog, settings, limit=limit, workers=workers, progress=progress)
+    except IndexLockedError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(3) from exc
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     _print_index_report(report)
+
+
+@app.command("reindex")
+def reindex(
+    catalog: Annotated[Path, typer.Argument(help="The full current catalog (products missing from it are soft-deleted).")],
+    since: Annotated[Optional[datetime], typer.Option(help="Trust image files not modified since this time (no hashing).")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="classical or deep (segmenter and default embedder).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Embedding model id: classical or open_clip:MODEL:PRETRAINED.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Nightly incremental reindex: only new, changed and removed products are processed; safe to kill and re-run."""
+    from indexer.job import IndexLockedError
+
+    from .registry import UnknownBackendError, settings_for_model
+
+    settings = _settings(backend=backend)
+    try:
+        if model:
+            settings = settings_for_model(model, settings)
+        if since is not None and since.tzinfo is None:
+            since = since.astimezone()
+        report = service.reindex_catalog(catalog, settings, since=since, workers=workers, progress=progress)
+    except IndexLockedError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(3) from exc
+    except (FileNotFoundError, ValueError, UnknownBackendError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _print_index_report(report)
+
+
+@spaces_app.command("list")
+def spaces_list() -> None:
+    """Embedding spaces: which one search uses, how complete each is."""
+    table = Table("id", "status", "dim", "vectors", "missing", "name")
+    for s in service.list_spaces(_settings()):
+        table.add_row(str(s["id"]), s["status"], str(s["dim"]), str(s["vectors"]), str(s["missing"]), s["name"])
+    console.print(table)
+
+
+@spaces_app.command("drop")
+def spaces_drop(space_id: Annotated[int, typer.Argument(help="Id from `matcher spaces list`.")]) -> None:
+    """Delete a retired space's vectors and index (the active space cannot be dropped)."""
+    try:
+        service.drop_space(_settings(), space_id)
+    except (KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"dropped space {space_id}")
 
 
 def _print_index_report(report) -> None:
@@ -110,6 +169,9 @@ def _print_index_report(report) -> None:
     for key, value in report.counts.items():
         table.add_row(key, str(value))
     table.add_row("seconds", f"{report.seconds:.1f}")
+    table.add_row("search space", "active" if report.space_active else "not active yet (incomplete)")
+    if report.reranker:
+        table.add_row("re-ranker", ", ".join(f"{k}={v}" for k, v in report.reranker.items()))
     console.print(table)
     for failure in report.failures[:50]:
         console.print(f"[yellow]skipped[/yellow] line {failure.line} {failure.sku or '?'} [{failure.stage}] {failure.reason}")
@@ -163,12 +225,13 @@ def match(
 
     from .imageio import ImageLoadError
     from .query import NotIndexedError, parse_box
+    from .registry import SpaceMismatchError
 
     try:
         boxes = [parse_box(b) for b in box] if box else None
         result = service.match_image(image, _settings(backend=backend), boxes=boxes, detectors=tuple(detector or ()),
                                      category_filter=category_filter, store=store)
-    except (ImageLoadError, NotIndexedError, ValueError) as exc:
+    except (ImageLoadError, NotIndexedError, SpaceMismatchError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if as_json:
@@ -253,6 +316,32 @@ def rerank_list() -> None:
         lift = r["lift_recall@1"]
         table.add_row(r["version"], r["kind"], "yes" if r["active"] else "", r["created_at"], "-" if lift is None else f"{lift:+.3f}")
     console.print(table)
+
+
+@app.command("review")
+def review_app(
+    port: Annotated[int, typer.Option(help="Port of the review app.")] = 8501,
+    headless: Annotated[bool, typer.Option("--headless", help="Do not open a browser (servers, CI).")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Address to listen on (default: Streamlit's).")] = None,
+) -> None:
+    """Start the Streamlit review app (ui/app.py) on the configured database (embedded by default)."""
+    import subprocess
+
+    from ui.launch import launch_command, launch_env
+
+    settings = _settings()
+    try:
+        info = service.db_upgrade(settings)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        console.print(f"[red]error:[/red] database not reachable: {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"review app on port {port}, database {info['url']} (schema {info['revision']})")
+    try:
+        code = subprocess.call(launch_command(settings, port=port, headless=headless, address=address),
+                               env=launch_env(settings))
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -59,8 +59,57 @@ def available(kind: str) -> list[str]:
 
 
 def create_embedder(settings: Settings, name: str | None = None):
-    return create("embedder", name or BACKEND_PRESETS[settings.backend]["embedder"], settings)
+    return create("embedder", name or settings.embedder or BACKEND_PRESETS[settings.backend]["embedder"], settings)
+
+
+def settings_for_model(model: str, settings: Settings) -> Settings:
+    """``--model``: ``classical`` or ``open_clip:MODEL:TAG`` -> settings that select that embedder."""
+    kind = model.split(":", 1)[0]
+    if kind == "classical":
+        return settings.model_copy(update={"embedder": "classical"})
+    if kind == "open_clip" and model.count(":") == 2:
+        _, clip_model, tag = model.split(":")
+        return settings.model_copy(update={"embedder": "open_clip", "clip_model": clip_model, "clip_pretrained": tag})
+    raise UnknownBackendError(f"unknown model id {model!r}: use 'classical' or 'open_clip:MODEL:PRETRAINED'")
 
 
 def create_segmenter(settings: Settings, name: str | None = None):
     return create("segmenter", name or BACKEND_PRESETS[settings.backend]["segmenter"], settings)
+
+
+class SpaceMismatchError(RuntimeError):
+    pass
+
+
+def settings_for_space(embedder_id: str, segmenter_id: str, settings: Settings) -> tuple[str, str, Settings]:
+    """Backend names and settings that reproduce the models an embedding space was built with.
+
+    Ids look like ``open_clip:MODEL:TAG[@checksum]``, ``classical:...``, ``sam:TYPE[@checksum]``.
+    A checksum suffix means a custom checkpoint: it must be the one named in the settings.
+    """
+    embedder_kind = embedder_id.split(":", 1)[0]
+    segmenter_kind = segmenter_id.split(":", 1)[0]
+    update: dict[str, str] = {}
+    if embedder_kind == "open_clip":
+        _, model, tag = embedder_id.split("@", 1)[0].split(":", 2)
+        update.update(clip_model=model, clip_pretrained=tag)
+    if segmenter_kind == "sam":
+        update["sam_model"] = segmenter_id.split("@", 1)[0].split(":", 1)[1]
+    return embedder_kind, segmenter_kind, settings.model_copy(update=update)
+
+
+def backends_for_space(embedder_id: str, segmenter_id: str, settings: Settings):
+    """(embedder, segmenter) whose ids equal the space's, or SpaceMismatchError saying what differs."""
+    embedder_kind, segmenter_kind, space_settings = settings_for_space(embedder_id, segmenter_id, settings)
+    embedder = create("embedder", embedder_kind, space_settings)
+    segmenter = create("segmenter", segmenter_kind, space_settings)
+    check_backends(embedder, segmenter, embedder_id, segmenter_id)
+    return embedder, segmenter
+
+
+def check_backends(embedder, segmenter, embedder_id: str, segmenter_id: str) -> None:
+    if (embedder.model_id, segmenter.segmenter_id) != (embedder_id, segmenter_id):
+        raise SpaceMismatchError(
+            f"search uses the space of embedder {embedder_id} + segmenter {segmenter_id}, but the models at hand are "
+            f"{embedder.model_id} + {segmenter.segmenter_id}; point MATCHER_CLIP_CHECKPOINT / MATCHER_SAM_CHECKPOINT "
+            "at the checkpoints that space was built with")

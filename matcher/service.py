@@ -64,3 +64,131 @@ def eval_masks(dataset: str | Path, settings: Settings, *, segmenter_name: str |
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
     return report
+
+
+# --- query path ----------------------------------------------------------------------------------
+
+def query_engine(settings: Settings, detectors: tuple[str, ...] = ()):
+    from .query import QueryEngine
+
+    return QueryEngine(settings, detectors=detectors)
+
+
+def match_image(image: str | Path, settings: Settings, *, boxes=None, detectors: tuple[str, ...] = (),
+                category_filter: bool = False, store: bool = True, source: str = "cli", engine=None):
+    engine = engine or query_engine(settings, detectors)
+    return engine.match(image, boxes=boxes, category_filter=category_filter, store=store, source=source)
+
+
+def evaluate_dataset(dataset: str | Path, settings: Settings, *, json_out: str | Path, use_gt_boxes: bool = True,
+                     detectors: tuple[str, ...] = (), limit: int | None = None, workers: int = 1,
+                     progress: bool = True) -> dict[str, Any]:
+    """Run the scene evaluation; write the JSON, a markdown report and example strips beside it."""
+    from .evaluation.report import write_markdown
+    from .evaluation.scenes import evaluate_scenes
+
+    json_path = Path(json_out)
+    examples_dir = json_path.with_name(json_path.stem + "_examples")
+    report, _groups = evaluate_scenes(Path(dataset), settings, use_gt_boxes=use_gt_boxes, detectors=detectors,
+                                      limit=limit, workers=workers, progress=progress, examples_dir=examples_dir)
+    json_path.write_text(json.dumps(report, indent=2))
+    markdown = json_path.with_suffix(".md")
+    write_markdown(report, markdown)
+    report["markdown"] = str(markdown)
+    return report
+
+
+# --- re-ranker -----------------------------------------------------------------------------------
+
+def labelled_groups_from_decisions(settings: Settings):
+    """Review decisions as training groups: the approved product is the positive; "none of these" gives negatives."""
+    from .rerank import LabelledGroup
+
+    engine = get_engine(settings)
+    upgrade(engine)
+    with Session(engine) as session:
+        return [LabelledGroup(key, features, labels) for key, features, labels in repo.decision_groups(session)]
+
+
+def train_reranker(settings: Settings, *, source: str = "decisions", dataset: str | Path | None = None,
+                   activate: str = "if-better", test_fraction: float = 0.3, seed: int = 0,
+                   progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate on held-out photos, store the versioned model, and activate it by policy.
+
+    ``activate``: "if-better" (held-out recall@1 lift >= 0), "always" or "never".
+    """
+    from .rerank import train
+
+    if source == "decisions":
+        groups = labelled_groups_from_decisions(settings)
+    elif source == "bench":
+        if dataset is None:
+            raise ValueError("--dataset is needed to train from a bench data set")
+        from .evaluation.scenes import evaluate_scenes
+
+        _report, groups = evaluate_scenes(Path(dataset), settings, train_reranker=False, progress=progress)
+    else:
+        raise ValueError(f"unknown training source {source!r}: use decisions or bench")
+    reranker = train(groups, test_fraction=test_fraction, seed=seed)
+    held_out = reranker.metrics["held_out"]
+    activated = activate == "always" or (activate == "if-better" and held_out["lift_recall@1"] >= 0)
+    engine = get_engine(settings)
+    with Session(engine) as session, session.begin():
+        repo.save_reranker(session, version=reranker.version, kind=reranker.kind,
+                           feature_names=reranker.metrics["features"], model=reranker.to_bytes(),
+                           metrics={**reranker.metrics, "source": source}, activate=activated)
+    return {"version": reranker.version, "activated": activated, "groups": len(groups), **reranker.metrics}
+
+
+def list_rerankers(settings: Settings) -> list[dict[str, Any]]:
+    engine = get_engine(settings)
+    upgrade(engine)
+    with Session(engine) as session:
+        return [{"version": r.version, "kind": r.kind, "active": r.active, "created_at": r.created_at.isoformat(timespec="seconds"),
+                 "lift_recall@1": r.metrics.get("held_out", {}).get("lift_recall@1")} for r in repo.list_rerankers(session)]
+
+
+def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
+    """Nightly: retrain when enough new decisions exist; activate only if the held-out lift is not worse
+    than the active model's (or, with none active, not worse than cosine alone)."""
+    from .rerank import train
+
+    engine = get_engine(settings)
+    with Session(engine) as session:
+        active = repo.active_reranker(session)
+        new = repo.decisions_since(session, active.created_at if active else None)
+    if new < settings.retrain_min_decisions:
+        return {"retrained": False, "reason": f"{new} new decisions, need {settings.retrain_min_decisions}"}
+    try:
+        reranker = train(labelled_groups_from_decisions(settings))
+    except ValueError as exc:
+        return {"retrained": False, "reason": str(exc)}
+    lift = reranker.metrics["held_out"]["lift_recall@1"]
+    baseline = (active.metrics.get("held_out", {}).get("lift_recall@1", 0.0) if active else 0.0) or 0.0
+    activated = lift >= baseline
+    with Session(engine) as session, session.begin():
+        repo.save_reranker(session, version=reranker.version, kind=reranker.kind, feature_names=reranker.metrics["features"],
+                           model=reranker.to_bytes(), metrics={**reranker.metrics, "source": "decisions"}, activate=activated)
+    return {"retrained": True, "version": reranker.version, "lift_recall@1": lift, "previous_lift": baseline,
+            "activated": activated}
+
+
+def reindex_catalog(catalog: str | Path, settings: Settings, *, since=None, workers: int = 1, progress: bool = True):
+    from indexer.job import run_index
+
+    return run_index(catalog, settings, workers=workers, progress=progress, remove_missing=True, since=since,
+                     kind="reindex", retrain_reranker=True)
+
+
+def list_spaces(settings: Settings) -> list[dict[str, Any]]:
+    engine = get_engine(settings)
+    upgrade(engine)
+    with Session(engine) as session:
+        return [{"id": s.id, "name": s.name, "status": s.status, "dim": s.dim, "vectors": n,
+                 "missing": repo.missing_in_space(session, s)} for s, n in repo.list_spaces(session)]
+
+
+def drop_space(settings: Settings, space_id: int) -> None:
+    engine = get_engine(settings)
+    with Session(engine) as session, session.begin():
+        repo.drop_space(session, space_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 Backend = Literal["classical", "deep"]
@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(default=None, description="Model weights; default data_dir/weights.")
 
     backend: Backend = "classical"
+    embedder: str | None = Field(default=None, description="Embedder backend name overriding the --backend preset.")
     # Deep backends.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     ef_search: int = 100
     top_n: int = 100
     stored_candidates: int = 20  # per detection, for the review app
+    retrain_min_decisions: int = 50  # new review decisions before the nightly run retrains the re-ranker
+    # Review app (`matcher review`).
+    review_secret: SecretStr | None = Field(default=None, description="Shared secret for name + secret sign-in.")
+    review_detectors: list[str] = Field(default_factory=list, description="Detectors run on uploads without boxes.")
+    max_upload_bytes: int = 20 * 1024 * 1024  # per uploaded photo
 
     # Safe image loading.
     max_image_pixels: int = 80_000_000

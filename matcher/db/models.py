@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
-    BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, func,
+    BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,6 +39,7 @@ class Product(Base):
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = _now_column()
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reference_png: Mapped[bytes | None] = mapped_column(LargeBinary)  # <= 256 px, for perceptual change checks
 
 
 class Cutout(Base):
@@ -106,6 +107,17 @@ class IndexRun(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
 
 
+class IndexEvent(Base):
+    __tablename__ = "index_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id", ondelete="CASCADE"), nullable=False)
+    sku: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    created_at: Mapped[datetime] = _now_column()
+
+
 class IndexFailure(Base):
     __tablename__ = "index_failures"
 
@@ -116,3 +128,78 @@ class IndexFailure(Base):
     stage: Mapped[str] = mapped_column(Text, nullable=False)
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _now_column()
+
+
+class Reranker(Base):
+    __tablename__ = "rerankers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    feature_names: Mapped[list] = mapped_column(JSONB, nullable=False)
+    model: Mapped[bytes | None] = mapped_column(LargeBinary)
+    metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Query(Base):
+    __tablename__ = "queries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    image_path: Mapped[str] = mapped_column(Text, nullable=False)
+    image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False, default="cli")
+    space_id: Mapped[int | None] = mapped_column(ForeignKey("embedding_spaces.id", ondelete="SET NULL"))
+    reranker_version: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class DetectionRow(Base):
+    __tablename__ = "detections"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), nullable=False)
+    box: Mapped[list] = mapped_column(JSONB, nullable=False)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    label: Mapped[str] = mapped_column(Text, nullable=False)
+    category: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    mask_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    cutout_path: Mapped[str | None] = mapped_column(Text)
+    mask_path: Mapped[str | None] = mapped_column(Text)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    fail_reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, nullable=False, default="pending")
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class CandidateRow(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("detection_id", "product_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id", ondelete="CASCADE"), nullable=False)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"), nullable=False)
+    rank: Mapped[int] = mapped_column(Integer, nullable=False)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    features: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    explanation: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id", ondelete="CASCADE"), nullable=False)
+    reviewer: Mapped[str] = mapped_column(Text, nullable=False)
+    verdict: Mapped[str] = mapped_column(Text, nullable=False)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id", ondelete="SET NULL"))
+    note: Mapped[str | None] = mapped_column(Text)
+    reranker_version: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

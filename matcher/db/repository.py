@@ -59,10 +59,42 @@ def get_or_create_space(session: Session, embedder_id: str, segmenter_id: str, d
 
 
 def activate_space(session: Session, space: EmbeddingSpace) -> None:
-    """Make ``space`` the one searched for its embedder family; retire none (dropping is explicit)."""
-    if space.status != "active":
-        space.status = "active"
-        space.activated_at = _now()
+    """Make ``space`` the one that search uses; the previously active space is retired, not dropped."""
+    if space.status == "active":
+        return
+    session.execute(update(EmbeddingSpace).where(EmbeddingSpace.status == "active", EmbeddingSpace.id != space.id)
+                    .values(status="retired"))
+    space.status = "active"
+    space.activated_at = _now()
+
+
+def drop_space(session: Session, space_id: int) -> None:
+    """Delete a retired space: its vectors, its HNSW index, its row. The active space cannot be dropped."""
+    space = session.get(EmbeddingSpace, space_id)
+    if space is None:
+        raise KeyError(f"no embedding space {space_id}")
+    if space.status == "active":
+        raise ValueError(f"space {space_id} ({space.name}) is the active one; activate another before dropping it")
+    if space.index_name:
+        session.execute(text(f'DROP INDEX IF EXISTS "{space.index_name}"'))
+    session.execute(delete(Embedding).where(Embedding.space_id == space_id))
+    session.delete(space)
+
+
+def list_spaces(session: Session) -> list[tuple[EmbeddingSpace, int]]:
+    counts = dict(session.execute(select(Embedding.space_id, func.count()).group_by(Embedding.space_id)).all())
+    return [(s, int(counts.get(s.id, 0))) for s in session.scalars(select(EmbeddingSpace).order_by(EmbeddingSpace.id))]
+
+
+def missing_in_space(session: Session, space: EmbeddingSpace) -> int:
+    """Live products that this space has neither a vector nor a settled (failed) cutout for."""
+    embedded = select(Embedding.product_id).where(Embedding.space_id == space.id)
+    return int(session.scalar(
+        select(func.count()).select_from(Product)
+        .where(Product.deleted_at.is_(None), Product.id.not_in(embedded), ~select(Cutout.id).where(
+            Cutout.product_id == Product.id, Cutout.segmenter_id == space.segmenter_id, Cutout.fail_reason.is_not(None),
+            Cutout.image_sha256 == Product.image_sha256).exists())
+    ) or 0)
 
 
 def active_space(session: Session, embedder_id: str | None = None, segmenter_id: str | None = None) -> EmbeddingSpace | None:
@@ -78,6 +110,7 @@ def active_space(session: Session, embedder_id: str | None = None, segmenter_id:
 
 @dataclass(frozen=True)
 class IndexedState:
+    product_id: int
     product_sha256: str
     cutout_sha256: str | None
     embedding_sha256: str | None
@@ -88,21 +121,21 @@ class IndexedState:
 def indexed_state(session: Session, space: EmbeddingSpace) -> dict[str, IndexedState]:
     """Per sku: which image is stored, and whether this space already has its cutout/embedding."""
     rows = session.execute(
-        select(Product.sku, Product.image_sha256, Cutout.image_sha256, Cutout.fail_reason,
+        select(Product.sku, Product.id, Product.image_sha256, Cutout.image_sha256, Cutout.fail_reason,
                Embedding.image_sha256, Product.deleted_at)
         .outerjoin(Cutout, (Cutout.product_id == Product.id) & (Cutout.segmenter_id == space.segmenter_id))
         .outerjoin(Embedding, (Embedding.product_id == Product.id) & (Embedding.space_id == space.id))
     )
     return {
-        sku: IndexedState(psha, csha, esha, fail is not None, deleted is not None)
-        for sku, psha, csha, fail, esha, deleted in rows
+        sku: IndexedState(pid, psha, csha, esha, fail is not None, deleted is not None)
+        for sku, pid, psha, csha, fail, esha, deleted in rows
     }
 
 
 def upsert_product(session: Session, *, sku: str, title: str, category: str | None, attributes: dict[str, Any],
-                   image_uri: str, image_sha256: str) -> int:
+                   image_uri: str, image_sha256: str, reference_png: bytes | None = None) -> int:
     values = dict(sku=sku, title=title, category=category, attributes=attributes,
-                  image_uri=image_uri, image_sha256=image_sha256)
+                  image_uri=image_uri, image_sha256=image_sha256, reference_png=reference_png)
     statement = insert(Product).values(**values)
     statement = statement.on_conflict_do_update(
         index_elements=["sku"],
@@ -133,6 +166,53 @@ def upsert_embedding(session: Session, product_id: int, space: EmbeddingSpace, m
         set_={"vector": statement.excluded.vector, "image_sha256": statement.excluded.image_sha256,
               "model_id": statement.excluded.model_id, "created_at": func.now()},
     ))
+
+
+def reference_images(session: Session, skus: Iterable[str]) -> dict[str, bytes]:
+    rows = session.execute(select(Product.sku, Product.reference_png)
+                           .where(Product.sku.in_(list(skus)), Product.reference_png.is_not(None)))
+    return dict(rows.all())
+
+
+def accept_same_picture(session: Session, product_id: int, image_uri: str, image_sha256: str) -> None:
+    """New bytes, same picture: adopt the new file's hash everywhere so it is "unchanged" from now on."""
+    session.execute(update(Product).where(Product.id == product_id)
+                    .values(image_uri=image_uri, image_sha256=image_sha256, updated_at=func.now()))
+    session.execute(update(Cutout).where(Cutout.product_id == product_id).values(image_sha256=image_sha256))
+    session.execute(update(Embedding).where(Embedding.product_id == product_id).values(image_sha256=image_sha256))
+
+
+def soft_delete_missing(session: Session, live_skus: set[str]) -> list[str]:
+    """Products no longer in the catalog leave search (deleted_at) but keep their reviews and history."""
+    stored = set(session.scalars(select(Product.sku).where(Product.deleted_at.is_(None))))
+    gone = sorted(stored - live_skus)
+    if gone:
+        session.execute(update(Product).where(Product.sku.in_(gone)).values(deleted_at=func.now()))
+    return gone
+
+
+def record_event(session: Session, run_id: int, sku: str, kind: str, detail: dict | None = None) -> None:
+    from .models import IndexEvent
+
+    session.add(IndexEvent(run_id=run_id, sku=sku, kind=kind, detail=detail or {}))
+
+
+# Postgres advisory lock key for catalog index runs ("mtchidx" as an int64).
+INDEX_LOCK_KEY = 0x6D746368696478
+
+
+def try_index_lock(connection) -> bool:
+    """Session-level advisory lock, released when the connection closes (or its process dies)."""
+    return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": INDEX_LOCK_KEY}).scalar())
+
+
+def running_runs(session: Session) -> list[IndexRun]:
+    return list(session.scalars(select(IndexRun).where(IndexRun.status == "running").order_by(IndexRun.id)))
+
+
+def mark_interrupted(session: Session, run_ids: list[int]) -> None:
+    if run_ids:
+        session.execute(update(IndexRun).where(IndexRun.id.in_(run_ids)).values(status="interrupted"))
 
 
 def delete_embedding(session: Session, product_id: int, space: EmbeddingSpace) -> None:
@@ -309,6 +389,15 @@ def save_candidates(session: Session, detection_id: int, candidates: Iterable[di
     session.add_all(CandidateRow(detection_id=detection_id, **c) for c in candidates)
 
 
+def decisions_since(session: Session, since: datetime | None) -> int:
+    from .models import Decision
+
+    query = select(func.count()).select_from(Decision).where(Decision.undone_at.is_(None))
+    if since is not None:
+        query = query.where(Decision.created_at > since)
+    return int(session.scalar(query) or 0)
+
+
 def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]:
     """(photo key, candidate features, labels) for every detection with a live approve/reject decision."""
     from .models import CandidateRow, Decision, DetectionRow
@@ -332,3 +421,212 @@ def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]
         feats.append(features)
         labels.append(int(approved is not None and candidate_product == approved))
     return list(groups.values())
+
+
+# --- review workflow -----------------------------------------------------------------------------
+# Queue, decisions (with optimistic locking on detections.version), undo, history, export.
+
+def _queue_filter(*, category: str | None = None, min_score: float | None = None, max_score: float | None = None,
+                  no_candidates: bool = False, flag: str | None = None):
+    """Pending detections joined with their query and best candidate, filtered."""
+    from sqlalchemy import any_, or_
+
+    from .models import CandidateRow, DetectionRow, Query
+
+    top = (
+        select(CandidateRow.detection_id, CandidateRow.score.label("top_score"), Product.sku.label("top_sku"),
+               Product.category.label("top_category"))
+        .join(Product, Product.id == CandidateRow.product_id)
+        .where(CandidateRow.rank == 1)
+        .subquery()
+    )
+    category_expr = func.coalesce(DetectionRow.category, top.c.top_category)
+    query = (
+        select(DetectionRow, Query.image_path, Query.source.label("query_source"), top.c.top_score, top.c.top_sku,
+               category_expr.label("shown_category"))
+        .join(Query, Query.id == DetectionRow.query_id)
+        .outerjoin(top, top.c.detection_id == DetectionRow.id)
+        .where(DetectionRow.status == "pending")
+    )
+    if category is not None:
+        query = query.where(category_expr == category)
+    if no_candidates:
+        query = query.where(top.c.top_score.is_(None))
+    if min_score is not None:
+        query = query.where(top.c.top_score >= min_score)
+    if max_score is not None:
+        query = query.where(top.c.top_score < max_score)
+    if flag == "mask_fail":
+        query = query.where(or_(any_(DetectionRow.flags) == "mask_fail", DetectionRow.fail_reason.is_not(None)))
+    elif flag is not None:
+        query = query.where(any_(DetectionRow.flags) == flag)
+    return query
+
+
+def review_queue(session: Session, *, limit: int = 50, **filters: Any) -> list[Any]:
+    """Rows of (DetectionRow, image_path, query_source, top_score, top_sku, shown_category), oldest first."""
+    from .models import DetectionRow
+
+    query = _queue_filter(**filters).order_by(DetectionRow.created_at, DetectionRow.id).limit(limit)
+    return list(session.execute(query).all())
+
+
+def review_queue_count(session: Session, **filters: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(_queue_filter(**filters).subquery())) or 0)
+
+
+def review_categories(session: Session) -> list[str]:
+    rows = session.scalars(select(Product.category).where(Product.category.is_not(None), Product.deleted_at.is_(None))
+                           .distinct().order_by(Product.category))
+    return list(rows)
+
+
+def review_detections(session: Session, detection_ids: Iterable[int] | None = None, *, query_id: int | None = None,
+                      include_superseded: bool = False) -> list[Any]:
+    """Rows of (DetectionRow, Query) by id or by query."""
+    from .models import DetectionRow, Query
+
+    query = select(DetectionRow, Query).join(Query, Query.id == DetectionRow.query_id)
+    if detection_ids is not None:
+        query = query.where(DetectionRow.id.in_(list(detection_ids)))
+    if query_id is not None:
+        query = query.where(DetectionRow.query_id == query_id)
+    if not include_superseded:
+        query = query.where(DetectionRow.status != "superseded")
+    return list(session.execute(query.order_by(DetectionRow.id)).all())
+
+
+def review_candidates(session: Session, detection_ids: Iterable[int]) -> list[Any]:
+    """Rows of (CandidateRow, Product) for the detections, by detection then rank."""
+    from .models import CandidateRow
+
+    ids = list(detection_ids)
+    if not ids:
+        return []
+    return list(session.execute(
+        select(CandidateRow, Product).join(Product, Product.id == CandidateRow.product_id)
+        .where(CandidateRow.detection_id.in_(ids)).order_by(CandidateRow.detection_id, CandidateRow.rank)).all())
+
+
+def claim_detection(session: Session, detection_id: int, expected_version: int, new_status: str) -> int:
+    """Optimistic lock: move a *pending* detection seen at ``expected_version`` to ``new_status``.
+
+    Returns the number of rows changed (0: someone else changed it first)."""
+    from .models import DetectionRow
+
+    return int(session.execute(
+        update(DetectionRow)
+        .where(DetectionRow.id == detection_id, DetectionRow.version == expected_version, DetectionRow.status == "pending")
+        .values(status=new_status, version=DetectionRow.version + 1)
+    ).rowcount)
+
+
+def insert_decision(session: Session, *, detection_id: int, reviewer: str, verdict: str, product_id: int | None,
+                    note: str | None, reranker_version: str | None):
+    from .models import Decision
+
+    row = Decision(detection_id=detection_id, reviewer=reviewer, verdict=verdict, product_id=product_id, note=note,
+                   reranker_version=reranker_version)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def latest_decision(session: Session, detection_id: int, *, live_only: bool = False):
+    from .models import Decision
+
+    query = select(Decision).where(Decision.detection_id == detection_id)
+    if live_only:
+        query = query.where(Decision.undone_at.is_(None))
+    return session.scalar(query.order_by(Decision.created_at.desc(), Decision.id.desc()).limit(1))
+
+
+def last_live_decision_of(session: Session, reviewer: str, *, for_update: bool = False):
+    from .models import Decision
+
+    query = (select(Decision).where(Decision.reviewer == reviewer, Decision.undone_at.is_(None))
+             .order_by(Decision.created_at.desc(), Decision.id.desc()).limit(1))
+    if for_update:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def reopen_detection(session: Session, detection_id: int) -> int:
+    """A decided detection back to pending (undo); bumps the version so stale screens conflict."""
+    from .models import DetectionRow
+
+    return int(session.execute(
+        update(DetectionRow).where(DetectionRow.id == detection_id, DetectionRow.status == "decided")
+        .values(status="pending", version=DetectionRow.version + 1)
+    ).rowcount)
+
+
+def mark_decision_undone(session: Session, decision_id: int) -> None:
+    from .models import Decision
+
+    session.execute(update(Decision).where(Decision.id == decision_id).values(undone_at=_now()))
+
+
+def decision_history(session: Session, *, reviewer: str | None = None, verdict: str | None = None,
+                     live_only: bool = False, limit: int | None = 200) -> list[Any]:
+    """Rows of (Decision, sku, title, category, DetectionRow, image_path), newest first."""
+    from .models import Decision, DetectionRow, Query
+
+    query = (
+        select(Decision, Product.sku, Product.title, Product.category, DetectionRow, Query.image_path)
+        .join(DetectionRow, DetectionRow.id == Decision.detection_id)
+        .join(Query, Query.id == DetectionRow.query_id)
+        .outerjoin(Product, Product.id == Decision.product_id)
+    )
+    if reviewer is not None:
+        query = query.where(Decision.reviewer == reviewer)
+    if verdict is not None:
+        query = query.where(Decision.verdict == verdict)
+    if live_only:
+        query = query.where(Decision.undone_at.is_(None))
+    query = query.order_by(Decision.created_at.desc(), Decision.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.execute(query).all())
+
+
+def reviewer_counts(session: Session, since: datetime | None = None) -> list[tuple[str, str, int, int]]:
+    """(reviewer, verdict, live decisions, undone decisions) per reviewer and verdict."""
+    from sqlalchemy import case
+
+    from .models import Decision
+
+    live = func.sum(case((Decision.undone_at.is_(None), 1), else_=0))
+    undone = func.sum(case((Decision.undone_at.is_not(None), 1), else_=0))
+    query = select(Decision.reviewer, Decision.verdict, live, undone).group_by(Decision.reviewer, Decision.verdict)
+    if since is not None:
+        query = query.where(Decision.created_at >= since)
+    return [(r, v, int(n or 0), int(u or 0)) for r, v, n, u in session.execute(query.order_by(Decision.reviewer))]
+
+
+def labelled_counts(session: Session) -> dict[str, int]:
+    """What the re-ranker can learn from: live approve / reject_all decisions and their candidate pairs."""
+    from sqlalchemy.dialects.postgresql import distinct_on
+
+    from .models import CandidateRow, Decision
+
+    latest = (
+        select(Decision.detection_id, Decision.verdict)
+        .where(Decision.undone_at.is_(None), Decision.verdict.in_(("approve", "reject_all")))
+        .ext(distinct_on(Decision.detection_id))
+        .order_by(Decision.detection_id, Decision.created_at.desc())
+        .subquery()
+    )
+    by_verdict = dict(session.execute(select(latest.c.verdict, func.count()).group_by(latest.c.verdict)).all())
+    pairs = session.scalar(select(func.count()).select_from(CandidateRow)
+                           .join(latest, latest.c.detection_id == CandidateRow.detection_id))
+    return {"approved": int(by_verdict.get("approve", 0)), "rejected_all": int(by_verdict.get("reject_all", 0)),
+            "pairs": int(pairs or 0)}
+
+
+def review_row(session: Session, kind: str, row_id: int):
+    """One products / queries / detections row by primary key (None when gone)."""
+    from .models import DetectionRow, Query
+
+    model = {"product": Product, "query": Query, "detection": DetectionRow}[kind]
+    return session.get(model, int(row_id))

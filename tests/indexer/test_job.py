@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from indexer.job import run_index
 from matcher.db import repository as repo
 from matcher.db.engine import get_engine
-from matcher.db.models import Cutout, Embedding, Product
+from matcher.db.models import Cutout, Embedding, EmbeddingSpace, Product
 
 
 def _bench_subset(bench_dir: Path, tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
@@ -118,3 +118,29 @@ def test_a_failure_while_storing_rolls_back_the_whole_item(bench_dir, tmp_path, 
         assert victim not in set(session.scalars(select(Product.sku)))
         assert victim not in _skus(session, Cutout)
         assert len(set(session.scalars(select(Product.sku)))) == 2
+
+
+def test_deep_backend_indexes_with_tiny_random_models(bench_dir, tmp_path, db_settings, monkeypatch):
+    """SAM + open_clip through the real loading code (local checkpoints), tiny random weights."""
+    import segment_anything
+
+    from tests.tiny_models import TINY_SAM_TYPE, build_tiny_sam, tiny_open_clip, tiny_sam
+
+    monkeypatch.setitem(segment_anything.sam_model_registry, TINY_SAM_TYPE, build_tiny_sam)
+    clip_name, clip_checkpoint = tiny_open_clip(tmp_path)
+    settings = db_settings.model_copy(update={
+        "backend": "deep", "device": "cpu",
+        "sam_model": TINY_SAM_TYPE, "sam_checkpoint": tiny_sam(tmp_path),
+        "clip_model": clip_name, "clip_pretrained": "tiny-random", "clip_checkpoint": clip_checkpoint,
+    })
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 3)
+    report = run_index(catalog, settings, progress=False)
+    assert report.failures == []
+    assert report.counts["indexed"] + report.counts["mask_fail"] == 3
+    with Session(get_engine(settings)) as session:
+        (space,) = session.scalars(select(EmbeddingSpace)).all()
+        assert space.embedder_id.startswith(f"open_clip:{clip_name}") and space.segmenter_id.startswith("sam:")
+        assert space.dim == 32
+        assert set(session.scalars(select(Cutout.segmenter_id))) == {space.segmenter_id}
+        assert len(_skus(session, Cutout)) == 3
+        assert len(_skus(session, Embedding)) == report.counts["indexed"]
