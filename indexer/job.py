@@ -15,6 +15,7 @@ Flow per run:
 6. write product + cutout + embedding (+ event) of each item in ONE transaction,
    so ``kill -9`` at any point loses at most the items in flight, which the
    next run redoes; nothing is ever half-written or written twice;
+   (``executor="ray"`` runs steps 4-6 in Ray Data actors instead: ``indexer.ray_runner``)
 7. the space becomes the searched one only once every live product is in it.
 """
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 COUNT_KEYS = ("catalog_rows", "new", "changed", "reembedded", "indexed", "mask_fail", "unchanged",
               "perceptually_equal", "metadata_updated", "removed", "failed", "interrupted_runs")
+EXECUTORS = ("process", "ray")
 
 
 class IndexLockedError(RuntimeError):
@@ -200,8 +202,15 @@ def exclusive_index_lock(engine: Engine) -> Iterator[None]:
 
 def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
               progress: bool = True, remove_missing: bool = False, since: datetime | None = None,
-              kind: str = "index", retrain_reranker: bool = False) -> IndexReport:
+              kind: str = "index", retrain_reranker: bool = False, executor: str = "process") -> IndexReport:
+    """``executor``: "process" (a local process pool, the default) or "ray" (Ray Data actors; see ``ray_runner``)."""
     started = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from .ray_runner import require_ray
+
+        require_ray()  # fail before taking the lock when the extra is not installed
     engine = get_engine(settings)
     upgrade(engine)
     segmenter_name = registry.BACKEND_PRESETS[settings.backend]["segmenter"]
@@ -235,8 +244,14 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
             counts["metadata_updated"] = _refresh_metadata(engine, unchanged_rows)
             if remove_missing:
                 counts["removed"] = _remove_missing(engine, run_id, rows, catalog_errors, limit)
-            _process(engine, todo, space, embedder, segmenter_name, segmenter, settings, workers, progress,
-                     run_id, counts, failures)
+            if executor == "ray" and todo:
+                from .ray_runner import process_with_ray
+
+                process_with_ray(todo, settings, space, run_id, workers=workers, progress=progress,
+                                 counts=counts, failures=failures)
+            else:
+                _process(engine, todo, space, embedder, segmenter_name, segmenter, settings, workers, progress,
+                         run_id, counts, failures)
             status = "done"
         finally:
             counts["failed"] = len(failures)
@@ -347,26 +362,62 @@ def _process(engine: Engine, todo: list[_WorkItem], space, embedder, segmenter_n
     with _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter) as executor:
         batch: list[_Outcome] = []
         for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
-            if outcome.error is not None:
-                failures.append(outcome.error)
-            elif outcome.same_picture is not None:
-                _store_same_picture(engine, outcome, run_id, counts, failures)
-            else:
-                batch.append(outcome)
-                if len(batch) >= settings.batch_size:
-                    _store_batch(engine, batch, space, embedder, run_id, counts, failures)
-                    bar.update(len(batch))
-                    batch = []
-                continue
-            bar.update(1)
+            batch.append(outcome)
+            if len(batch) >= settings.batch_size:
+                _tally(_store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
+                bar.update(len(batch))
+                batch = []
         if batch:
-            _store_batch(engine, batch, space, embedder, run_id, counts, failures)
+            _tally(_store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
             bar.update(len(batch))
     bar.close()
 
 
-def _store_same_picture(engine: Engine, outcome: _Outcome, run_id: int, counts: dict[str, int],
-                        failures: list[CatalogError]) -> None:
+@dataclass
+class _ItemResult:
+    """What storing one work item came to; the run's counts and failures are summed from these."""
+
+    sku: str
+    line: int
+    reason: str  # the work item's reason: new | changed | reembedded
+    kind: str  # indexed | mask_fail | perceptually_equal | failed
+    error: CatalogError | None = None
+
+
+def _tally(results: list[_ItemResult], counts: dict[str, int], failures: list[CatalogError]) -> None:
+    for result in results:
+        if result.kind == "failed":
+            assert result.error is not None
+            failures.append(result.error)
+        elif result.kind == "perceptually_equal":
+            counts["perceptually_equal"] += 1
+        else:
+            counts[result.reason] += 1
+            counts[result.kind] += 1
+
+
+def _failed(outcome: _Outcome, error: CatalogError) -> _ItemResult:
+    return _ItemResult(outcome.row.sku, outcome.row.line, outcome.item.reason, "failed", error)
+
+
+def _store_outcomes(engine: Engine, outcomes: list[_Outcome], space, embedder, run_id: int) -> list[_ItemResult]:
+    """Store what the workers prepared: worker errors, same-picture verdicts, and one embedding batch.
+    Shared by the process pool (in the main process) and the Ray actors (in each actor)."""
+    results: list[_ItemResult] = []
+    batch: list[_Outcome] = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            results.append(_failed(outcome, outcome.error))
+        elif outcome.same_picture is not None:
+            results.append(_store_same_picture(engine, outcome, run_id))
+        else:
+            batch.append(outcome)
+    if batch:
+        results += _store_batch(engine, batch, space, embedder, run_id)
+    return results
+
+
+def _store_same_picture(engine: Engine, outcome: _Outcome, run_id: int) -> _ItemResult:
     row = outcome.row
     try:
         with Session(engine) as session, session.begin():
@@ -375,13 +426,12 @@ def _store_same_picture(engine: Engine, outcome: _Outcome, run_id: int, counts: 
             repo.record_event(session, run_id, row.sku, "perceptually_equal", outcome.same_picture)
     except Exception as exc:  # noqa: BLE001
         log.exception("recording %s failed", row.sku)
-        failures.append(CatalogError(row.line, row.sku, "store", f"{type(exc).__name__}: {exc}"))
-        return
-    counts["perceptually_equal"] += 1
+        return _failed(outcome, CatalogError(row.line, row.sku, "store", f"{type(exc).__name__}: {exc}"))
+    return _ItemResult(row.sku, row.line, outcome.item.reason, "perceptually_equal")
 
 
-def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id: int, counts: dict[str, int],
-                 failures: list[CatalogError]) -> None:
+def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id: int) -> list[_ItemResult]:
+    results: list[_ItemResult] = []
     embeddable = [o for o in batch if o.prepared is not None and o.prepared.composite is not None]
     vectors: dict[str, np.ndarray] = {}
     if embeddable:
@@ -391,7 +441,7 @@ def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id:
         except Exception as exc:  # noqa: BLE001 - record per item, keep going
             log.exception("embedding a batch failed")
             for o in embeddable:
-                failures.append(CatalogError(o.row.line, o.row.sku, "embed", f"{type(exc).__name__}: {exc}"))
+                results.append(_failed(o, CatalogError(o.row.line, o.row.sku, "embed", f"{type(exc).__name__}: {exc}")))
             embeddable_skus = {o.row.sku for o in embeddable}
             batch = [o for o in batch if o.row.sku not in embeddable_skus]
     for outcome in batch:
@@ -402,10 +452,12 @@ def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id:
                                   {"mask_fail": outcome.prepared.cutout.fail_reason} if not outcome.prepared.cutout.ok else {})
         except Exception as exc:  # noqa: BLE001 - the item's transaction rolled back as a whole
             log.exception("storing %s failed", outcome.row.sku)
-            failures.append(CatalogError(outcome.row.line, outcome.row.sku, "store", f"{type(exc).__name__}: {exc}"))
+            results.append(_failed(outcome, CatalogError(outcome.row.line, outcome.row.sku, "store",
+                                                         f"{type(exc).__name__}: {exc}")))
             continue
-        counts[outcome.item.reason] += 1
-        counts["indexed" if outcome.row.sku in vectors else "mask_fail"] += 1
+        results.append(_ItemResult(outcome.row.sku, outcome.row.line, outcome.item.reason,
+                                   "indexed" if outcome.row.sku in vectors else "mask_fail"))
+    return results
 
 
 def _store_item(session: Session, outcome: _Outcome, space, model_id: str, vector: np.ndarray | None) -> None:

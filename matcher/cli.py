@@ -90,6 +90,10 @@ def models_fetch(
         raise typer.Exit(1)
 
 
+_EXECUTOR_HELP = ("process (a local process pool) or ray (Ray Data actors, extra matcher\\[ray]; "
+                  "--workers = actors; RAY_ADDRESS joins a cluster).")
+
+
 @app.command("index")
 def index(
     catalog: Annotated[Path, typer.Argument(help="products.jsonl / .csv, or a folder of images.")],
@@ -97,13 +101,15 @@ def index(
     limit: Annotated[Optional[int], typer.Option(help="Index only the first N rows.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
 ) -> None:
     """Segment, matte, embed and store every product of a catalog; unchanged items are skipped."""
     from indexer.job import IndexLockedError
 
     settings = _settings(backend=backend)
     try:
-        report = service.index_catalog(catalog, settings, limit=limit, workers=workers, progress=progress)
+        report = service.index_catalog(catalog, settings, limit=limit, workers=workers, progress=progress,
+                                       executor=executor)
     except IndexLockedError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(3) from exc
@@ -121,6 +127,7 @@ def reindex(
     model: Annotated[Optional[str], typer.Option(help="Embedding model id: classical or open_clip:MODEL:PRETRAINED.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
 ) -> None:
     """Nightly incremental reindex: only new, changed and removed products are processed; safe to kill and re-run."""
     from indexer.job import IndexLockedError
@@ -133,7 +140,8 @@ def reindex(
             settings = settings_for_model(model, settings)
         if since is not None and since.tzinfo is None:
             since = since.astimezone()
-        report = service.reindex_catalog(catalog, settings, since=since, workers=workers, progress=progress)
+        report = service.reindex_catalog(catalog, settings, since=since, workers=workers, progress=progress,
+                                         executor=executor)
     except IndexLockedError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(3) from exc
@@ -199,7 +207,8 @@ def eval_masks(
     limit: Annotated[Optional[int], typer.Option()] = None,
 ) -> None:
     """Compare predicted catalog cutouts with ground-truth mattes: IoU, boundary F1, SAD, leakage."""
-    report = service.eval_masks(dataset, _settings(backend=backend), segmenter_name=segmenter, limit=limit, json_out=json_out)
+    report = service.eval_masks(dataset, _settings(backend=backend), segmenter_name=segmenter, limit=limit, json_out=json_out,
+                                progress=sys.stderr.isatty())
     overall = report["overall"]
     table = Table("scope", "n", "IoU", "boundary F1", "SAD matte", "SAD binary", "leakage", "mask_fail")
     for name, row in [("overall", overall), *sorted(report.get("per_category", {}).items())]:
@@ -275,7 +284,8 @@ def evaluate(
         console.print("[red]error:[/red] give --use-gt-boxes and/or --detector NAME")
         raise typer.Exit(2)
     report = service.evaluate_dataset(dataset, _settings(backend=backend), json_out=json_out, use_gt_boxes=use_gt_boxes,
-                                      detectors=tuple(detector or ()), limit=limit, workers=workers)
+                                      detectors=tuple(detector or ()), limit=limit, workers=workers,
+                                      progress=sys.stderr.isatty())
     for key in ("gt_boxes", "detected_boxes"):
         if report.get(key):
             console.print(f"[bold]{key}[/bold]: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))

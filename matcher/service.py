@@ -37,10 +37,10 @@ def db_stop(settings: Settings) -> bool:
 
 
 def index_catalog(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
-                  progress: bool = True):
+                  progress: bool = True, executor: str = "process"):
     from indexer.job import run_index
 
-    return run_index(catalog, settings, limit=limit, workers=workers, progress=progress)
+    return run_index(catalog, settings, limit=limit, workers=workers, progress=progress, executor=executor)
 
 
 def recent_runs(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
@@ -173,11 +173,12 @@ def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
             "activated": activated}
 
 
-def reindex_catalog(catalog: str | Path, settings: Settings, *, since=None, workers: int = 1, progress: bool = True):
+def reindex_catalog(catalog: str | Path, settings: Settings, *, since=None, workers: int = 1, progress: bool = True,
+                    executor: str = "process"):
     from indexer.job import run_index
 
     return run_index(catalog, settings, workers=workers, progress=progress, remove_missing=True, since=since,
-                     kind="reindex", retrain_reranker=True)
+                     kind="reindex", retrain_reranker=True, executor=executor)
 
 
 def list_spaces(settings: Settings) -> list[dict[str, Any]]:
