@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -104,19 +105,27 @@ def index(
     executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
 ) -> None:
     """Segment, matte, embed and store every product of a catalog; unchanged items are skipped."""
+    with _index_errors():
+        report = service.index_catalog(catalog, _settings(backend=backend), limit=limit, workers=workers,
+                                       progress=progress, executor=executor)
+    _print_index_report(report)
+
+
+@contextmanager
+def _index_errors() -> Iterator[None]:
+    """Exit 3 when another run holds the index lock, 2 for bad input; no traceback either way."""
     from indexer.job import IndexLockedError
 
-    settings = _settings(backend=backend)
+    from .registry import UnknownBackendError
+
     try:
-        report = service.index_catalog(catalog, settings, limit=limit, workers=workers, progress=progress,
-                                       executor=executor)
+        yield
     except IndexLockedError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(3) from exc
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, UnknownBackendError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    _print_index_report(report)
 
 
 @app.command("reindex")
@@ -130,24 +139,16 @@ def reindex(
     executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
 ) -> None:
     """Nightly incremental reindex: only new, changed and removed products are processed; safe to kill and re-run."""
-    from indexer.job import IndexLockedError
-
-    from .registry import UnknownBackendError, settings_for_model
+    from .registry import settings_for_model
 
     settings = _settings(backend=backend)
-    try:
+    with _index_errors():
         if model:
             settings = settings_for_model(model, settings)
         if since is not None and since.tzinfo is None:
             since = since.astimezone()
         report = service.reindex_catalog(catalog, settings, since=since, workers=workers, progress=progress,
                                          executor=executor)
-    except IndexLockedError as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(3) from exc
-    except (FileNotFoundError, ValueError, UnknownBackendError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     _print_index_report(report)
 
 

@@ -22,14 +22,6 @@ from tests.tiny_models import tiny_open_clip  # noqa: E402
 TAG = "tiny_random"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def tiny(tmp_path: Path) -> tuple[str, Path]:
     return tiny_open_clip(tmp_path)

@@ -22,14 +22,6 @@ from matcher.types import Box, Mask  # noqa: E402
 from tests.tiny_models import TINY_SAM_TYPE, build_tiny_sam, tiny_sam  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def tiny_registry(monkeypatch: pytest.MonkeyPatch):
     """Make the tiny architecture loadable by name, like vit_b/vit_l/vit_h."""
