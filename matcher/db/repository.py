@@ -402,10 +402,12 @@ def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]
     """(photo key, candidate features, labels) for every detection with a live approve/reject decision."""
     from .models import CandidateRow, Decision, DetectionRow
 
+    from sqlalchemy.dialects.postgresql import distinct_on
+
     latest = (
         select(Decision.detection_id, Decision.verdict, Decision.product_id)
         .where(Decision.undone_at.is_(None), Decision.verdict.in_(("approve", "reject_all")))
-        .distinct(Decision.detection_id)
+        .ext(distinct_on(Decision.detection_id))
         .order_by(Decision.detection_id, Decision.created_at.desc())
         .subquery()
     )

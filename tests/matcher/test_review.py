@@ -1,0 +1,314 @@
+"""The review service on a real (embedded) Postgres: decide, conflict, undo, queue, export, re-run, uploads, sign-in."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from matcher import review, service
+from matcher.db.engine import get_engine
+from matcher.db.models import Decision, DetectionRow
+from matcher.query import QueryEngine
+from matcher.review import ConflictError, Reviewer, ReviewError, UploadError
+from matcher.types import Box
+from tests.review_support import SCENE, SECRET, clone_settings, sample_template, scene_annotations, scene_boxes
+
+ALICE, BOB = Reviewer("alice"), Reviewer("bob")
+
+
+@pytest.fixture(scope="module")
+def template(pg_server, tmp_path_factory):
+    return sample_template(pg_server, tmp_path_factory)
+
+
+@pytest.fixture
+def settings(pg_server, template, tmp_path):
+    return clone_settings(pg_server, template[0], tmp_path / "data")
+
+
+@pytest.fixture
+def matched(settings):
+    """scene_00000 matched with its two annotated boxes, stored for review as `matcher match` does."""
+    engine = QueryEngine(settings)
+    result = engine.match(SCENE, boxes=scene_boxes(), store=True, source="cli")
+    views = [review.detection_view(settings, o.detection_id) for o in result.objects]
+    return engine, result, views
+
+
+def _right(view: review.DetectionView, sku: str) -> review.CandidateView:
+    return next(c for c in view.candidates if c.sku == sku)
+
+
+def _decisions(settings, detection_id: int) -> list[Decision]:
+    with Session(get_engine(settings)) as session:
+        return list(session.scalars(select(Decision).where(Decision.detection_id == detection_id).order_by(Decision.id)))
+
+
+def _detection(settings, detection_id: int) -> DetectionRow:
+    with Session(get_engine(settings)) as session:
+        return session.get(DetectionRow, detection_id)
+
+
+def test_views_carry_what_a_reviewer_needs(settings, matched):
+    _engine, result, views = matched
+    for view, ann in zip(views, scene_annotations()):
+        assert view.pending and view.version == 0 and view.query_id == result.query_id
+        assert Path(view.cutout_path).is_file() and Path(view.mask_path).is_file()
+        assert review.load_mask(view.mask_path).shape == (600, 800)
+        assert view.candidates and [c.rank for c in view.candidates] == list(range(1, len(view.candidates) + 1))
+        top = view.candidates[0]
+        assert top.sku and top.title and Path(top.image).is_file()
+        assert {"cosine", "delta_e", "silhouette_iou", "aspect_agreement", "fill_agreement"} <= set(top.features)
+        assert "cosine" in top.explanation
+        assert ann["sku"] in [c.sku for c in view.candidates]
+
+
+def test_decisions_record_reviewer_and_reranker_version_and_become_training_data(settings, matched):
+    _engine, result, (first, second) = matched
+    sku = scene_annotations()[0]["sku"]
+    record = review.decide(settings, first.id, ALICE, "approve", _right(first, sku).product_id, note=" looks right ",
+                           expected_version=first.version)
+    assert record.reviewer == "alice" and record.sku == sku and record.note == "looks right"
+    assert record.reranker_version == result.reranker_version
+    review.decide(settings, second.id, BOB, "reject_all", expected_version=second.version)
+
+    [row] = _decisions(settings, first.id)
+    assert (row.reviewer, row.verdict, row.product_id, row.reranker_version) == (
+        "alice", "approve", _right(first, sku).product_id, result.reranker_version)
+    assert _detection(settings, first.id).status == "decided" and _detection(settings, first.id).version == 1
+    assert review.detection_view(settings, first.id).decision.reviewer == "alice"
+    assert [d.verdict for d in _decisions(settings, second.id)] == ["reject_all"]
+
+    counts = review.labelled_pair_count(settings)
+    assert counts == {"approved": 1, "rejected_all": 1, "objects": 2,
+                      "pairs": len(first.candidates) + len(second.candidates)}
+    groups = service.labelled_groups_from_decisions(settings)
+    assert sorted(sum(g.labels) for g in groups) == [0, 1]
+    progress = {p.reviewer: p for p in review.reviewer_progress(settings)}
+    assert progress["alice"].approved == 1 and progress["bob"].rejected_all == 1
+    assert review.queue_size(settings) == 0
+
+
+def test_a_second_decision_on_the_same_detection_is_refused_and_names_the_first(settings, matched):
+    _engine, _result, (first, second) = matched
+    review.decide(settings, first.id, ALICE, "wrong_object", expected_version=0)
+    with pytest.raises(ConflictError, match="already decided by alice") as info:
+        review.decide(settings, first.id, BOB, "reject_all", expected_version=0)
+    assert info.value.decided_by == "alice"
+    assert [(d.reviewer, d.verdict) for d in _decisions(settings, first.id)] == [("alice", "wrong_object")]
+
+    # Truly at once: two threads race for the same version; exactly one wins.
+    barrier, outcomes = threading.Barrier(2), []
+
+    def attempt(reviewer: Reviewer) -> None:
+        barrier.wait()
+        try:
+            review.decide(settings, second.id, reviewer, "reject_all", expected_version=0)
+            outcomes.append(("ok", reviewer.name))
+        except ConflictError as exc:
+            outcomes.append(("conflict", exc.decided_by))
+
+    threads = [threading.Thread(target=attempt, args=(r,)) for r in (ALICE, BOB)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [name for kind, name in outcomes if kind == "ok"]
+    assert len(winners) == 1 and [k for k, _ in outcomes].count("conflict") == 1
+    assert [d.reviewer for d in _decisions(settings, second.id)] == winners
+    assert _detection(settings, second.id).version == 1
+
+
+def test_bad_decisions_are_refused_clearly(settings, matched):
+    _engine, _result, (first, _second) = matched
+    with pytest.raises(ReviewError, match="unknown verdict"):
+        review.decide(settings, first.id, ALICE, "maybe", expected_version=0)
+    with pytest.raises(ReviewError, match="needs the candidate"):
+        review.decide(settings, first.id, ALICE, "approve", expected_version=0)
+    with pytest.raises(ReviewError, match="not a candidate"):
+        review.decide(settings, first.id, ALICE, "approve", product_id=10**9, expected_version=0)
+    with pytest.raises(ReviewError, match="no detection"):
+        review.decide(settings, 10**9, ALICE, "reject_all", expected_version=0)
+    assert _decisions(settings, first.id) == [] and _detection(settings, first.id).status == "pending"
+
+
+def test_undo_reverts_only_ones_own_last_decision(settings, matched):
+    _engine, _result, (first, second) = matched
+    review.decide(settings, first.id, ALICE, "approve", first.candidates[0].product_id, expected_version=0)
+    review.decide(settings, second.id, BOB, "reject_all", expected_version=0)
+
+    undone = review.undo_last(settings, ALICE)
+    assert undone.detection_id == first.id and undone.undone_at is not None
+    row = _detection(settings, first.id)
+    assert row.status == "pending" and row.version == 2
+    assert _detection(settings, second.id).status == "decided"  # bob's decision stands
+    with pytest.raises(ReviewError, match="no decision to undo"):
+        review.undo_last(settings, ALICE)
+
+    # A screen still showing version 1 cannot decide; a fresh one can.
+    with pytest.raises(ConflictError, match="changed since you loaded it"):
+        review.decide(settings, first.id, BOB, "reject_all", expected_version=1)
+    review.decide(settings, first.id, BOB, "reject_all", expected_version=2)
+
+    mine = review.history(settings, ALICE)
+    assert [(r.verdict, r.live) for r in mine] == [("approve", False)]
+    everyone = review.history(settings)
+    assert [r.reviewer for r in everyone] == ["bob", "bob", "alice"]
+    assert all(r.reranker_version for r in everyone)
+    assert review.labelled_pair_count(settings)["approved"] == 0  # undone approvals are not training data
+
+
+def test_queue_is_pending_oldest_first_and_filters(settings, matched):
+    engine, _result, views = matched
+    later = engine.match(SCENE, boxes=scene_boxes()[:1], store=True, source="cli").objects[0].detection_id
+    items = review.queue(settings)
+    assert [i.detection_id for i in items] == [views[0].id, views[1].id, later]
+    assert items[0].top_sku == views[0].candidates[0].sku and items[0].category == views[0].candidates[0].category
+
+    for item in items:
+        assert item.detection_id in {i.detection_id for i in review.queue(settings, category=item.category)}
+    assert review.queue(settings, category="no such category") == []
+    for band, (low, high) in review.SCORE_BANDS.items():
+        expected = {i.detection_id for i in items
+                    if (low is None or i.top_score >= low) and (high is None or i.top_score < high)}
+        assert {i.detection_id for i in review.queue(settings, score_band=band)} == expected
+        assert review.queue_size(settings, score_band=band) == len(expected)
+    for flag in review.QUALITY_FLAGS:
+        expected = {v.id for v in [*views, review.detection_view(settings, later)] if flag in v.quality_flags}
+        assert {i.detection_id for i in review.queue(settings, flag=flag)} == expected
+    with pytest.raises(ReviewError, match="unknown quality flag"):
+        review.queue(settings, flag="blurry")
+
+    review.decide(settings, views[0].id, ALICE, "reject_all", expected_version=0)
+    assert [i.detection_id for i in review.queue(settings)] == [views[1].id, later]
+    assert [i.detection_id for i in review.queue(settings, limit=1)] == [views[1].id]
+
+
+def test_export_has_live_approvals_only_in_csv_and_jsonl(settings, matched):
+    engine, _result, (first, second) = matched
+    sku = scene_annotations()[0]["sku"]
+    review.decide(settings, first.id, ALICE, "approve", _right(first, sku).product_id,
+                  note="=HYPERLINK(\"http://x\")", expected_version=0)
+    review.decide(settings, second.id, BOB, "approve", second.candidates[0].product_id, expected_version=0)
+    review.undo_last(settings, BOB)
+    review.decide(settings, second.id, BOB, "reject_all", expected_version=2)
+
+    rows = list(csv.DictReader(io.StringIO(review.export_approved(settings, "csv"))))
+    assert [r["sku"] for r in rows] == [sku]
+    assert rows[0]["reviewer"] == "alice" and rows[0]["note"].startswith("'=")  # no spreadsheet formula
+    assert rows[0]["image_path"] == str(SCENE) and float(rows[0]["box_w"]) > 0
+    lines = review.export_approved(settings, "jsonl").splitlines()
+    assert [json.loads(line)["sku"] for line in lines] == [sku]
+    assert json.loads(lines[0])["reranker_version"]
+    with pytest.raises(ReviewError, match="unknown export format"):
+        review.export_approved(settings, "xlsx")
+
+
+def test_rerun_replaces_only_that_detection(settings, matched):
+    engine, result, (first, second) = matched
+    x, y, w, h = first.box.xywh()
+    adjusted = review.rerun_detection(settings, first.id, Box.from_xywh(x - 4, y - 4, w + 8, h + 8), engine,
+                                      expected_version=0, reviewer=ALICE)
+    assert adjusted.id != first.id and adjusted.query_id == result.query_id and adjusted.pending
+    assert adjusted.source == "review-adjust" and adjusted.label == "adjusted by alice"
+    assert adjusted.box.xywh() == pytest.approx((x - 4, y - 4, w + 8, h + 8))
+    assert adjusted.candidates and Path(adjusted.cutout_path).is_file()
+    assert _detection(settings, first.id).status == "superseded"
+    assert [v.id for v in review.query_detections(settings, result.query_id)] == [second.id, adjusted.id]
+    with pytest.raises(ConflictError, match="replaced by an adjusted box"):
+        review.decide(settings, first.id, BOB, "reject_all", expected_version=0)
+    with pytest.raises(ConflictError):
+        review.rerun_detection(settings, first.id, first.box, engine, expected_version=0)
+    review.decide(settings, adjusted.id, BOB, "approve", adjusted.candidates[0].product_id, expected_version=0)
+
+
+def _jpeg(size=(64, 48)) -> bytes:
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_uploads_are_checked_and_stored_only_under_the_data_dir(settings, tmp_path, matched):
+    engine = matched[0]
+    uploads = review.uploads_dir(settings)
+    saved = review.save_upload(settings, "../../../../tmp/evil.jpg", _jpeg())
+    assert saved.parent == uploads and saved.suffix == ".jpg" and "evil" not in saved.name and len(saved.stem) == 32
+    assert not (tmp_path / "evil.jpg").exists() and not Path("/tmp/evil.jpg").exists()
+    assert review.save_upload(settings, "C:\\photos\\room.png", _jpeg()).suffix == ".jpg"  # the bytes decide
+
+    def refused(name: str, data: bytes, match: str, **overrides) -> None:
+        s = settings.model_copy(update=overrides) if overrides else settings
+        with pytest.raises(UploadError, match=match):
+            review.save_upload(s, name, data)
+
+    refused("run.sh.jpg", b"#!/bin/sh\nrm -rf /\n", "not a JPEG, PNG or WebP")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "GIF")
+    refused("anim.gif", buffer.getvalue(), r"\(it is GIF\)")
+    whole = _jpeg((400, 300))
+    refused("cut.jpg", whole[: len(whole) // 2], "truncated|corrupt")
+    refused("empty.jpg", b"", "empty")
+    refused("big.jpg", _jpeg((400, 300)), "upload limit", max_upload_bytes=1000)
+    refused("bomb.jpg", _jpeg((400, 300)), "pixel limit", max_image_pixels=10_000)
+    assert sorted(p.name for p in uploads.iterdir()) == sorted(p.name for p in uploads.glob("*.jpg"))
+    assert len(list(uploads.iterdir())) == 2
+
+    with pytest.raises(UploadError, match="only photos saved by save_upload"):
+        review.match_upload(settings, SCENE, engine, reviewer=ALICE, boxes=scene_boxes())
+    with pytest.raises(ReviewError, match="no detector is configured"):
+        review.match_upload(settings, saved, engine, reviewer=ALICE)
+    scene_copy = review.save_upload(settings, "room.jpg", SCENE.read_bytes())
+    query_id = review.match_upload(settings, scene_copy, engine, reviewer=ALICE, boxes=scene_boxes()[:1])
+    [view] = review.query_detections(settings, query_id)
+    assert view.query_source == "upload:alice" and view.image_path == str(scene_copy)
+
+
+def test_sign_in_needs_a_name_and_the_shared_secret(settings):
+    assert review.authenticate(settings, "  Alice   Smith ", SECRET) == Reviewer("Alice Smith", "secret")
+    for name in ("", "   ", "../etc", "x" * 65, "<script>"):
+        with pytest.raises(review.AuthError, match="enter your name"):
+            review.authenticate(settings, name, SECRET)
+    with pytest.raises(review.AuthError, match="wrong name or secret"):
+        review.authenticate(settings, "alice", SECRET + "x")
+    with pytest.raises(review.AuthError, match="not configured"):
+        review.authenticate(settings.model_copy(update={"review_secret": None}), "alice", "")
+    assert review.reviewer_from_identity("alice@example.org").method == "streamlit"
+
+
+def test_parse_boxes_names_the_bad_line():
+    assert review.parse_boxes("1,2,30,40\n\n5,6,70,80\n") == [Box(1, 2, 31, 42), Box(5, 6, 75, 86)]
+    with pytest.raises(ReviewError, match="line 2"):
+        review.parse_boxes("1,2,30,40\n1,2,three,4")
+
+
+def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypatch):
+    import subprocess
+
+    from matcher.cli import app
+    from tests.review_support import env_for
+
+    for key, value in env_for(settings).items():
+        monkeypatch.setenv(key, value)
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    result = CliRunner().invoke(app, ["review", "--headless", "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    [(command, env)] = calls
+    assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("ui/app.py")
+    assert command[command.index("--server.headless") + 1] == "true"
+    assert command[command.index("--server.port") + 1] == "8765"
+    assert env["MATCHER_DATABASE_URL"] == settings.database_url
+    assert env["MATCHER_DATA_DIR"] == str(settings.data_dir.resolve())
+    assert env["MATCHER_REVIEW_SECRET"] == SECRET
