@@ -32,4 +32,5 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
-    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    """Quantise a ``[0, 1]`` alpha to ``0..255``; an exact 0 stays 0, an exact 1 becomes 255."""
+    return np.clip(np.asarray(alpha, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import cv2
 
+from ..codec import alpha_to_uint8  # the one [0, 1] -> 0..255 quantiser; re-exported here
+
 __all__ = [
     "guided_filter",
     "fast_guided_filter",
@@ -141,11 +143,6 @@ def feather_mask(hard: np.ndarray, guide_rgb: np.ndarray, radius: int, *, eps: f
     q[q > 254.5 / 255.0] = 1.0
     soft[sl] = q
     return soft
-
-
-def alpha_to_uint8(soft: np.ndarray) -> np.ndarray:
-    """Quantise a ``[0, 1]`` alpha to ``0..255``; an exact 0 stays 0, an exact 1 becomes 255."""
-    return np.clip(np.rint(np.asarray(soft, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def composite(original: np.ndarray, edited: np.ndarray, alpha: np.ndarray) -> np.ndarray:
