@@ -164,14 +164,14 @@ class QueryEngine:
             return results
         with _timed(timings, "embed"):
             vectors = self.embedder.embed([composite_for_embedding(cutouts[i], self.settings.composite_background) for i in usable])
-        for row, i in enumerate(usable):
-            with _timed(timings, "search"):
-                with Session(self.engine) as session, session.begin():
+        with Session(self.engine) as session, session.begin():  # one connection for all of the photo's objects
+            for row, i in enumerate(usable):
+                with _timed(timings, "search"):
                     category = detections[i].category if category_filter else None
                     hits = repo.search(session, self.space, vectors[row], top_n, ef_search=self.settings.ef_search, category=category)
                     self._cache_shapes(session, [h.product_id for h in hits])
-            with _timed(timings, "rerank"):
-                results[i] = self._rank(cutouts[i], detections[i], hits)
+                with _timed(timings, "rerank"):
+                    results[i] = self._rank(cutouts[i], detections[i], hits)
         return results
 
     def _cache_shapes(self, session: Session, product_ids: list[int]) -> None:
