@@ -357,10 +357,6 @@ def catalog_cutouts(session: Session, product_ids: Iterable[int], segmenter_id: 
     return {c.product_id: c for c in rows}
 
 
-def product_ids_by_sku(session: Session, skus: Iterable[str]) -> dict[str, int]:
-    return dict(session.execute(select(Product.sku, Product.id).where(Product.sku.in_(list(skus)))).all())
-
-
 # --- queries, detections, candidates -------------------------------------------------------------
 
 def save_query(session: Session, *, image_path: str, image_sha256: str, width: int, height: int, source: str,
