@@ -259,10 +259,13 @@ def _print_match(result, top_k: int) -> None:
         status = obj.cutout.fail_reason if obj.cutout and obj.cutout.fail_reason else "ok"
         console.print(f"\n[bold]detection {index}[/bold] box {x:.0f},{y:.0f},{w:.0f},{h:.0f} score {det.score:.2f} "
                       f"({det.source}, {det.label}) mask: {status}; cutout {obj.cutout_path or '-'}")
-        table = Table("#", "sku", "category", "score", "cosine", "ΔE2000", "sil. IoU", "aspect", "fill", "category ok")
+        table = Table("#", "sku", "category", "score", "cosine", "colour/texture/shape", "ΔE2000", "sil. IoU", "aspect",
+                      "fill", "category ok")
         for rank, c in enumerate(obj.candidates[:top_k], start=1):
             f = c.features
-            table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", f"{f['delta_e']:.1f}",
+            parts = "/".join(f"{f[name]:.2f}" for name in ("cosine_colour", "cosine_texture", "cosine_shape") if name in f)
+            table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", parts or "-",
+                          f"{f['delta_e']:.1f}",
                           f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",
                           f"{f['category_agreement']:.1f}")
         console.print(table)

@@ -25,7 +25,7 @@ from .db import repository as repo
 from .db.engine import get_engine
 from .db.migrate import upgrade
 from .fusion import FusionConfig, fuse_detections
-from .features import ShapeSummary, candidate_features, shape_summary
+from .features import ShapeSummary, add_list_features, candidate_features, part_cosines, shape_summary
 from .imageio import load_image
 from .rerank import FORMULA, Reranker, explain
 from .settings import Settings
@@ -120,12 +120,13 @@ class QueryEngine:
         self.embedder, self.segmenter = embedder, segmenter
         self.detectors = list(detector_objects) + [registry.create("detector", name, settings) for name in detectors]
         self._shapes: dict[int, ShapeSummary | None] = {}
+        self._catalog_vectors: dict[int, np.ndarray] = {}
 
     def _load_reranker(self, session: Session) -> Reranker:
         row = repo.active_reranker(session)
         if row is None:
             return FORMULA
-        return Reranker.from_bytes(row.version, row.kind, row.model, row.metrics)
+        return Reranker.from_bytes(row.version, row.kind, row.model, row.feature_names, row.metrics)
 
     def reload_reranker(self) -> None:
         with Session(self.engine) as session:
@@ -170,8 +171,9 @@ class QueryEngine:
                     category = detections[i].category if category_filter else None
                     hits = repo.search(session, self.space, vectors[row], top_n, ef_search=self.settings.ef_search, category=category)
                     self._cache_shapes(session, [h.product_id for h in hits])
+                    self._cache_parts(session, [h.product_id for h in hits])
                 with _timed(timings, "rerank"):
-                    results[i] = self._rank(cutouts[i], detections[i], hits)
+                    results[i] = self._rank(cutouts[i], detections[i], hits, vectors[row])
         return results
 
     def _cache_shapes(self, session: Session, product_ids: list[int]) -> None:
@@ -183,13 +185,29 @@ class QueryEngine:
         for product_id in missing:
             self._shapes.setdefault(product_id, None)
 
-    def _rank(self, cutout: Cutout, detection: Detection, hits) -> list[Candidate]:
+    def _cache_parts(self, session: Session, product_ids: list[int]) -> None:
+        """Catalog vectors for the part cosines (only fetched for embedders that declare parts)."""
+        parts = getattr(self.embedder, "parts", None)
+        missing = [p for p in product_ids if p not in self._catalog_vectors]
+        if not parts or not missing:
+            return
+        for product_id, vector in repo.embedding_vectors(session, self.space.id, missing).items():
+            self._catalog_vectors[product_id] = vector
+
+    def _part_cosines(self, query_vector: np.ndarray, product_id: int) -> dict[str, float]:
+        parts = getattr(self.embedder, "parts", None)
+        product_vector = self._catalog_vectors.get(product_id)
+        return part_cosines(query_vector, product_vector, parts) if parts and product_vector is not None else {}
+
+    def _rank(self, cutout: Cutout, detection: Detection, hits, query_vector: np.ndarray) -> list[Candidate]:
         query_shape = shape_summary(cutout.alpha, cutout.dominant_colors)
         if query_shape is None or not hits:
             return []
         best = hits[0].cosine
         rows = [candidate_features(query_shape, self._shapes.get(h.product_id), h.cosine, detection.category, h.category,
-                                   rank, len(hits), best) for rank, h in enumerate(hits)]
+                                   rank, len(hits), best, self._part_cosines(query_vector, h.product_id))
+                for rank, h in enumerate(hits)]
+        add_list_features(rows)  # over all hits, before the list is cut to what is stored
         scores = self.reranker.score(rows)
         candidates = [Candidate(sku=h.sku, product_id=h.product_id, score=float(s), features=f, title=h.title,
                                 category=h.category, explanation=explain(f)) for h, f, s in zip(hits, rows, scores)]

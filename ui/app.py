@@ -32,7 +32,8 @@ PAGES = ("Upload & match", "Queue", "History & export", "Re-ranker")
 TOP_K = 5
 BAND_LABELS = {"any": "any score", "high": "high (≥ 0.75)", "medium": "medium (0.5–0.75)", "low": "low (< 0.5)",
                "none": "no candidates"}
-FEATURE_LABELS = (("cosine", "cos", "{:.3f}"), ("delta_e", "ΔE", "{:.1f}"), ("silhouette_iou", "sil. IoU", "{:.2f}"),
+FEATURE_LABELS = (("cosine", "cos", "{:.3f}"), ("cosine_colour", "colour", "{:.2f}"), ("cosine_texture", "texture", "{:.2f}"),
+                  ("cosine_shape", "shape", "{:.2f}"), ("delta_e", "ΔE", "{:.1f}"), ("silhouette_iou", "sil. IoU", "{:.2f}"),
                   ("aspect_agreement", "aspect", "{:.2f}"), ("fill_agreement", "fill", "{:.2f}"))
 
 

@@ -196,11 +196,19 @@ def shape_block(mask: np.ndarray) -> np.ndarray:
     ])
 
 
+_COLOUR_LEN = COLOR_BINS[0] * COLOR_BINS[1] * COLOR_BINS[2]
+_TEXTURE_LEN = 10 + 10 + ORIENT_BINS
+_SHAPE_LEN = GRID * GRID + ASPECT_BINS + EXTENT_BINS
+
+
 class ClassicalEmbedder:
     """Explicit colour + texture + silhouette descriptor; no weights, no randomness."""
 
     model_id = "classical:lab-texture-shape-v1"
     dim = DIM
+    # Named parts of the vector, so the re-ranker can weigh them itself (see matcher.features).
+    parts = {"colour": slice(0, _COLOUR_LEN), "texture": slice(_COLOUR_LEN, _COLOUR_LEN + _TEXTURE_LEN),
+             "shape": slice(_COLOUR_LEN + _TEXTURE_LEN, _COLOUR_LEN + _TEXTURE_LEN + _SHAPE_LEN)}
 
     def __init__(self, background: Sequence[int] = (128, 128, 128)) -> None:
         self.background = tuple(int(c) for c in background)

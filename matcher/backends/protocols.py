@@ -16,6 +16,9 @@ from ..types import Box, Detection, Mask
 
 @runtime_checkable
 class Embedder(Protocol):
+    """May also have ``parts: dict[str, slice]``, named parts of the vector ("colour", "texture",
+    "shape") whose separate cosines become re-ranker features; embedders without it have none."""
+
     model_id: str  # e.g. "open_clip:ViT-B-32:laion2b_s34b_b79k" or "classical:lab-shape-v1"
     dim: int
 

@@ -307,6 +307,16 @@ def search(session: Session, space: EmbeddingSpace, query: np.ndarray, k: int, *
     return [SearchHit(int(r[0]), r[1], r[2], r[3], 1.0 - float(r[4])) for r in rows]
 
 
+def embedding_vectors(session: Session, space_id: int, product_ids: Iterable[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of some products in one space."""
+    ids = list(product_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(Embedding.product_id, Embedding.vector)
+                           .where(Embedding.space_id == space_id, Embedding.product_id.in_(ids)))
+    return {int(product_id): np.asarray(vector, dtype=np.float32) for product_id, vector in rows}
+
+
 def _vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 

@@ -3,7 +3,8 @@
 import cv2
 import numpy as np
 
-from matcher.features import FEATURE_NAMES, candidate_features, shape_summary, silhouette_iou
+from matcher.features import (FEATURE_NAMES, add_list_features, candidate_features, feature_matrix, part_cosines,
+                              shape_summary, silhouette_iou)
 from matcher.types import LabColor
 
 
@@ -42,7 +43,8 @@ def test_agreements_and_category():
     lamp = shape_summary(lamp_alpha(), [LabColor((90.0, -5.0, 60.0), 1.0)])
     same = candidate_features(chair, chair, 0.9, "Office", "Office", 0, 10, 0.9)
     other = candidate_features(chair, lamp, 0.7, "Office", "Lights", 3, 10, 0.9)
-    assert set(same) == set(FEATURE_NAMES)
+    assert set(same) == {n for n in FEATURE_NAMES if not n.endswith("_gap") and not n.startswith("cosine_")} | {
+        "cosine_gap", "cosine_rank"}
     assert same["silhouette_iou"] == 1.0 and same["aspect_agreement"] == 1.0 and same["delta_e"] < 1e-6
     assert same["category_agreement"] == 1.0 and other["category_agreement"] == 0.0
     assert other["delta_e"] > 20 and other["silhouette_iou"] < same["silhouette_iou"]
@@ -53,3 +55,39 @@ def test_agreements_and_category():
 
 def test_empty_alpha_has_no_shape():
     assert shape_summary(np.zeros((10, 10), np.float32), PALETTE) is None
+
+
+def test_list_features_measure_the_distance_to_the_best_of_the_list():
+    chair = shape_summary(chair_alpha(), PALETTE)
+    lamp = shape_summary(lamp_alpha(), [LabColor((90.0, -5.0, 60.0), 1.0)])
+    rows = [candidate_features(chair, lamp, 0.9, None, None, 0, 2, 0.9, {"cosine_colour": 0.4}),
+            candidate_features(chair, chair, 0.8, None, None, 1, 2, 0.9, {"cosine_colour": 0.7})]
+    add_list_features(rows)
+    lamp_row, chair_row = rows
+    assert chair_row["silhouette_iou_gap"] == 0.0 and lamp_row["silhouette_iou_gap"] < -0.3
+    # Lower ΔE is better: the best gets 0, the worse one is negative by the difference.
+    assert chair_row["delta_e_gap"] == 0.0
+    assert abs(lamp_row["delta_e_gap"] + (lamp_row["delta_e"] - chair_row["delta_e"])) < 1e-9
+    assert abs(lamp_row["cosine_colour_gap"] + 0.3) < 1e-9 and chair_row["cosine_colour_gap"] == 0.0
+    assert "cosine_texture_gap" not in lamp_row  # no such part, no gap
+    matrix = feature_matrix(rows)
+    assert matrix.shape == (2, len(FEATURE_NAMES))
+    assert np.isnan(matrix[0, FEATURE_NAMES.index("cosine_texture")])  # absent is missing, not zero
+
+
+def test_part_cosines_of_the_classical_embedder_make_up_its_cosine():
+    """The classical vector is weighted parts, so its cosine is the weighted mean of the part cosines."""
+    from matcher.backends.classical_embedder import BLOCK_WEIGHTS, ClassicalEmbedder
+
+    embedder = ClassicalEmbedder()
+    canvas = np.full((200, 200, 3), 128, np.uint8)
+    red_box, blue_disc = canvas.copy(), canvas.copy()
+    red_box[40:160, 60:140] = (200, 40, 30)
+    cv2.circle(blue_disc, (100, 100), 60, (30, 60, 200), -1)
+    a, b = embedder.embed([red_box, blue_disc])
+    parts = part_cosines(a, b, embedder.parts)
+    assert set(parts) == {"cosine_colour", "cosine_texture", "cosine_shape"}
+    assert parts["cosine_colour"] < 0.2  # red against blue
+    mixed = sum(BLOCK_WEIGHTS[name] * parts[f"cosine_{name}"] for name in BLOCK_WEIGHTS)
+    assert abs(mixed - float(a @ b)) < 1e-4
+    assert all(abs(v - 1.0) < 1e-5 for v in part_cosines(a, a, embedder.parts).values())

@@ -16,6 +16,7 @@ from indexer.job import run_index
 from matcher.cli import app
 from matcher.db.engine import get_engine
 from matcher.db.models import CandidateRow, DetectionRow, Query
+from matcher.features import FEATURE_NAMES
 from matcher.fusion import FusionConfig
 from matcher.query import QueryEngine
 from matcher.settings import Settings
@@ -70,8 +71,10 @@ def test_match_with_boxes_prints_candidates_with_feature_breakdowns(indexed, mon
         assert Path(det["cutout_path"]).is_file() and Path(det["mask_path"]).is_file()
         assert len(det["candidates"]) == 3
         top = det["candidates"][0]
-        assert set(top["features"]) >= {"cosine", "delta_e", "silhouette_iou", "aspect_agreement", "fill_agreement"}
-        assert "cosine" in top["explanation"]
+        # The classical embedder declares colour/texture/shape parts, so every feature is there.
+        assert set(top["features"]) == set(FEATURE_NAMES)
+        assert all(c["features"][n] <= 0 for c in det["candidates"] for n in FEATURE_NAMES if n.endswith("_gap"))
+        assert "cosine" in top["explanation"] and "colour" in top["explanation"]
         # Easy, unoccluded objects: the right product must be among the top 3.
         assert ann["sku"] in [c["sku"] for c in det["candidates"]]
     with Session(get_engine(indexed)) as session:
@@ -138,3 +141,5 @@ def test_tiny_deep_models_run_detector_sam_and_open_clip_end_to_end(pg_server, t
     embedded = [o for o in result.objects if o.cutout.ok]
     for obj in embedded:
         assert obj.candidates and all(c.sku in {p["sku"] for p in products} for c in obj.candidates)
+        assert "cosine_colour" not in obj.candidates[0].features  # open_clip declares no parts
+        assert "silhouette_iou_gap" in obj.candidates[0].features

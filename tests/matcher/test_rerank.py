@@ -47,7 +47,8 @@ def test_training_lifts_recall_at_1_on_held_out_scenes():
     held = reranker.metrics["held_out"]
     assert held["groups"] > 50
     assert held["reranked_recall@1"] > held["cosine_recall@1"] + 0.2
-    assert reranker.metrics["features"] == list(FEATURE_NAMES)
+    # Only the features the data has (no part cosines or list gaps here), in FEATURE_NAMES order.
+    assert reranker.metrics["features"] == [n for n in FEATURE_NAMES if n in groups[0].features[0]]
 
 
 def test_split_keeps_scenes_whole_and_is_deterministic():
@@ -62,7 +63,7 @@ def test_split_keeps_scenes_whole_and_is_deterministic():
 def test_model_round_trips_through_bytes():
     groups = synthetic_groups(120)
     reranker = train(groups, seed=0)
-    copy = Reranker.from_bytes(reranker.version, reranker.kind, reranker.to_bytes())
+    copy = Reranker.from_bytes(reranker.version, reranker.kind, reranker.to_bytes(), reranker.feature_names)
     rows = groups[0].features
     np.testing.assert_allclose(copy.score(rows), reranker.score(rows))
 
@@ -78,3 +79,13 @@ def test_formula_and_recall_helpers():
 def test_too_little_data_is_refused_clearly():
     with pytest.raises(ValueError, match="at least 5"):
         train(synthetic_groups(3))
+
+
+def test_a_model_keeps_scoring_when_features_are_added_later():
+    """A model trained on fewer features reads its own columns by name from rows that now carry more."""
+    groups = synthetic_groups(200)
+    reranker = train(groups, seed=0)
+    names = reranker.metrics["features"]
+    copy = Reranker.from_bytes(reranker.version, reranker.kind, reranker.to_bytes(), names)
+    richer = [{**row, "cosine_colour": 0.1, "silhouette_iou_gap": -0.5} for row in groups[0].features]
+    np.testing.assert_allclose(copy.score(richer), reranker.score(groups[0].features))
