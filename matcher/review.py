@@ -265,11 +265,14 @@ def _queue_filters(category: str | None, score_band, flag: str | None) -> dict[s
 
 def queue(settings: Settings, *, category: str | None = None,
           score_band: str | tuple[float | None, float | None] | None = None, flag: str | None = None,
-          limit: int = 50) -> list[QueueItem]:
-    """Pending detections, oldest first.  ``score_band``: "high" / "medium" / "low" / "none" or (low, high)."""
+          limit: int = 50, offset: int = 0) -> list[QueueItem]:
+    """Pending detections, oldest first, one page of ``limit`` after ``offset``.
+
+    ``score_band``: "high" / "medium" / "low" / "none" or (low, high).
+    """
     filters = _queue_filters(category, score_band, flag)
     with _session(settings) as session:
-        rows = repo.review_queue(session, limit=limit, **filters)
+        rows = repo.review_queue(session, limit=limit, offset=offset, **filters)
     return [QueueItem(detection_id=int(d.id), query_id=int(d.query_id), version=int(d.version), image_path=image_path,
                       source=f"{query_source}/{d.source}", category=shown_category, label=d.label,
                       box=_xywh(d.box), top_sku=top_sku, top_score=None if top_score is None else float(top_score),

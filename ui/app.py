@@ -32,6 +32,7 @@ PAGES = ("Upload & match", "Queue", "History & export", "Re-ranker")
 TOP_K = 5
 BAND_LABELS = {"any": "any score", "high": "high (≥ 0.75)", "medium": "medium (0.5–0.75)", "low": "low (< 0.5)",
                "none": "no candidates"}
+QUEUE_PAGE = 50  # detections listed per queue page
 FEATURE_LABELS = (("cosine", "cos", "{:.3f}"), ("cosine_colour", "colour", "{:.2f}"), ("cosine_texture", "texture", "{:.2f}"),
                   ("cosine_shape", "shape", "{:.2f}"), ("delta_e", "ΔE", "{:.1f}"), ("silhouette_iou", "sil. IoU", "{:.2f}"),
                   ("aspect_agreement", "aspect", "{:.2f}"), ("fill_agreement", "fill", "{:.2f}"))
@@ -380,14 +381,16 @@ def page_queue(s: Settings, reviewer: review.Reviewer) -> None:
     flag = c3.selectbox("Quality flag", ["any", *review.QUALITY_FLAGS], key="q_flag")
     filters = {"category": None if category == "any" else category, "score_band": None if band == "any" else band,
                "flag": None if flag == "any" else flag}
-    items = review.queue(s, limit=50, **filters)
     total = review.queue_size(s, **filters)
     all_pending = review.queue_size(s)
     st.caption(f"{total} pending detection(s) match the filters ({all_pending} pending in all), oldest first.")
+    pages = max(1, math.ceil(total / QUEUE_PAGE))
+    page = st.number_input(f"Page (of {pages})", 1, pages, key="q_page") if pages > 1 else 1
+    items = review.queue(s, limit=QUEUE_PAGE, offset=(min(page, pages) - 1) * QUEUE_PAGE, **filters)
     if not items:
         st.success("Nothing to review with these filters.")
     else:
-        with st.expander(f"Pending detections ({len(items)} shown)", expanded=False):
+        with st.expander(f"Pending detections ({len(items)} shown on this page)", expanded=False):
             st.dataframe([{"detection": i.detection_id, "photo": i.query_id, "created": f"{i.created_at:%Y-%m-%d %H:%M}",
                            "category": i.category, "best sku": i.top_sku,
                            "best score": None if i.top_score is None else round(i.top_score, 3),

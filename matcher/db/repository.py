@@ -471,11 +471,11 @@ def _queue_filter(*, category: str | None = None, min_score: float | None = None
     return query
 
 
-def review_queue(session: Session, *, limit: int = 50, **filters: Any) -> list[Any]:
+def review_queue(session: Session, *, limit: int = 50, offset: int = 0, **filters: Any) -> list[Any]:
     """Rows of (DetectionRow, image_path, query_source, top_score, top_sku, shown_category), oldest first."""
     from .models import DetectionRow
 
-    query = _queue_filter(**filters).order_by(DetectionRow.created_at, DetectionRow.id).limit(limit)
+    query = _queue_filter(**filters).order_by(DetectionRow.created_at, DetectionRow.id).offset(offset).limit(limit)
     return list(session.execute(query).all())
 
 

@@ -191,6 +191,8 @@ def test_queue_is_pending_oldest_first_and_filters(settings, matched):
     review.decide(settings, views[0].id, ALICE, "reject_all", expected_version=0)
     assert [i.detection_id for i in review.queue(settings)] == [views[1].id, later]
     assert [i.detection_id for i in review.queue(settings, limit=1)] == [views[1].id]
+    assert [i.detection_id for i in review.queue(settings, limit=1, offset=1)] == [later]  # the next page
+    assert review.queue(settings, limit=1, offset=2) == []
 
 
 def test_export_has_live_approvals_only_in_csv_and_jsonl(settings, matched):
