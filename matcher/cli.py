@@ -332,6 +332,22 @@ def rerank_list() -> None:
     console.print(table)
 
 
+@app.command("prune-uploads")
+def prune_uploads(
+    older_than_days: Annotated[float, typer.Option(help="Keep photos uploaded or matched more recently than this.")] = 30,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+) -> None:
+    """Delete review-app uploads that are old and have no detection pending review."""
+    from datetime import timedelta
+
+    from . import review
+
+    removed = review.prune_uploads(_settings(), timedelta(days=older_than_days), dry_run=dry_run)
+    for path in removed:
+        console.print(str(path))
+    console.print(f"{len(removed)} upload(s) {'would be ' if dry_run else ''}removed")
+
+
 @app.command("review")
 def review_app(
     port: Annotated[int, typer.Option(help="Port of the review app.")] = 8501,

@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -564,6 +564,29 @@ def save_upload(settings: Settings, filename: str, data: bytes) -> Path:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     return target
+
+
+def prune_uploads(settings: Settings, older_than: timedelta, *, dry_run: bool = False) -> list[Path]:
+    """Delete uploaded photos older than ``older_than`` that no pending review needs; returns what was (or would be) removed.
+
+    A photo stays while any detection on it is pending or it was matched recently;
+    decisions, candidates and cutouts stay in the database either way (the app
+    then shows "photo not available").  Uploads that were never matched count by
+    their file time.
+    """
+    folder = uploads_dir(settings)
+    if not folder.is_dir():
+        return []
+    cutoff = utcnow() - older_than
+    with _session(settings) as session:
+        in_use = {Path(p).resolve() for p in repo.upload_photos_in_use(session, cutoff)}
+    stale = [path for path in sorted(folder.iterdir())
+             if path.is_file() and not path.is_symlink() and path.resolve() not in in_use
+             and datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff]
+    if not dry_run:
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def display_name(filename: str | None) -> str:

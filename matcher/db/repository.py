@@ -483,6 +483,18 @@ def review_queue_count(session: Session, **filters: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(_queue_filter(**filters).subquery())) or 0)
 
 
+def upload_photos_in_use(session: Session, cutoff: datetime) -> set[str]:
+    """Image paths of uploaded photos still needed: a detection pending review, or matched at/after ``cutoff``."""
+    from sqlalchemy import exists, or_
+
+    from .models import DetectionRow, Query
+
+    pending = exists().where(DetectionRow.query_id == Query.id, DetectionRow.status == "pending")
+    rows = session.scalars(select(Query.image_path).where(Query.source.like("upload:%"),
+                                                          or_(pending, Query.created_at >= cutoff)).distinct())
+    return set(rows)
+
+
 def review_categories(session: Session) -> list[str]:
     rows = session.scalars(select(Product.category).where(Product.category.is_not(None), Product.deleted_at.is_(None))
                            .distinct().order_by(Product.category))

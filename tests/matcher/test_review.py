@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -314,3 +317,36 @@ def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypat
     assert env["MATCHER_DATABASE_URL"] == settings.database_url
     assert env["MATCHER_DATA_DIR"] == str(settings.data_dir.resolve())
     assert env["MATCHER_REVIEW_SECRET"] == SECRET
+
+
+def test_pruning_removes_old_uploads_that_no_pending_review_needs(settings, matched, monkeypatch):
+    engine, _result, _views = matched
+    pending_photo = review.save_upload(settings, "pending.jpg", SCENE.read_bytes())
+    review.match_upload(settings, pending_photo, engine, reviewer=ALICE, boxes=scene_boxes()[:1])
+    decided_photo = review.save_upload(settings, "decided.jpg", SCENE.read_bytes())
+    [view] = review.query_detections(settings, review.match_upload(settings, decided_photo, engine, reviewer=ALICE,
+                                                                    boxes=scene_boxes()[:1]))
+    review.decide(settings, view.id, ALICE, "reject_all", expected_version=view.version)
+    never_matched = review.save_upload(settings, "orphan.jpg", _jpeg())
+    week_ago = time.time() - 7 * 86400
+    for path in (pending_photo, decided_photo, never_matched):
+        os.utime(path, (week_ago, week_ago))
+
+    # Matched just now: too recent to go, whatever its state; the unmatched file is a week old.
+    from matcher.cli import app
+    from tests.review_support import env_for
+
+    for key, value in env_for(settings).items():
+        monkeypatch.setenv(key, value)
+    listed = CliRunner().invoke(app, ["prune-uploads", "--older-than-days", "1", "--dry-run"])
+    assert listed.exit_code == 0 and never_matched.name in listed.output and "1 upload(s) would be removed" in listed.output
+    assert never_matched.exists()
+    assert review.prune_uploads(settings, timedelta(days=1)) == [never_matched]
+    assert not never_matched.exists() and decided_photo.exists()
+
+    # With a cut-off in the future, only the photo with a detection still pending review stays.
+    assert review.prune_uploads(settings, timedelta(days=-1), dry_run=True) == [decided_photo]
+    assert decided_photo.exists()
+    assert review.prune_uploads(settings, timedelta(days=-1)) == [decided_photo]
+    assert pending_photo.exists() and not decided_photo.exists()
+    assert review.detection_view(settings, view.id).decision.verdict == "reject_all"  # the decision stays
