@@ -315,10 +315,11 @@ def rerank_train(
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    held = info["held_out"]
+    held, check = info["held_out"], info["split_check"]
     console.print(f"re-ranker {info['version']}: trained on {info['train_groups']} objects ({info['train_pairs']} pairs); "
                   f"held-out {held['groups']} objects: recall@1 cosine {held['cosine_recall@1']:.3f} -> "
                   f"{held['reranked_recall@1']:.3f} (lift {held['lift_recall@1']:+.3f}); "
+                  f"over {check['splits']} splits: mean lift {check['lift_recall@1_mean']:+.3f}, worst {check['lift_recall@1_min']:+.3f}; "
                   f"{'activated' if info['activated'] else 'not activated'}")
 
 

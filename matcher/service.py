@@ -115,9 +115,10 @@ def train_reranker(settings: Settings, *, source: str = "decisions", dataset: st
                    progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on held-out photos, store the versioned model, and activate it by policy.
 
-    ``activate``: "if-better" (held-out recall@1 lift >= 0), "always" or "never".
+    ``activate``: "if-better" (recall@1 lift over cosine >= 0, mean of the split check),
+    "always" or "never".
     """
-    from .rerank import train
+    from .rerank import reliable_lift, train
 
     if source == "decisions":
         groups = labelled_groups_from_decisions(settings)
@@ -130,8 +131,7 @@ def train_reranker(settings: Settings, *, source: str = "decisions", dataset: st
     else:
         raise ValueError(f"unknown training source {source!r}: use decisions or bench")
     reranker = train(groups, test_fraction=test_fraction, seed=seed)
-    held_out = reranker.metrics["held_out"]
-    activated = activate == "always" or (activate == "if-better" and held_out["lift_recall@1"] >= 0)
+    activated = activate == "always" or (activate == "if-better" and reliable_lift(reranker.metrics) >= 0)
     engine = get_engine(settings)
     with Session(engine) as session, session.begin():
         repo.save_reranker(session, version=reranker.version, kind=reranker.kind,
@@ -145,13 +145,15 @@ def list_rerankers(settings: Settings) -> list[dict[str, Any]]:
     upgrade(engine)
     with Session(engine) as session:
         return [{"version": r.version, "kind": r.kind, "active": r.active, "created_at": r.created_at.isoformat(timespec="seconds"),
-                 "lift_recall@1": r.metrics.get("held_out", {}).get("lift_recall@1")} for r in repo.list_rerankers(session)]
+                 "lift_recall@1": r.metrics.get("held_out", {}).get("lift_recall@1"),
+                 "lift_recall@1_mean_of_splits": (r.metrics.get("split_check") or {}).get("lift_recall@1_mean")}
+                for r in repo.list_rerankers(session)]
 
 
 def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
-    """Nightly: retrain when enough new decisions exist; activate only if the held-out lift is not worse
-    than the active model's (or, with none active, not worse than cosine alone)."""
-    from .rerank import train
+    """Nightly: retrain when enough new decisions exist; activate only if the held-out lift (mean of the
+    split check) is not worse than the active model's (or, with none active, not worse than cosine alone)."""
+    from .rerank import reliable_lift, train
 
     engine = get_engine(settings)
     with Session(engine) as session:
@@ -163,8 +165,8 @@ def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
         reranker = train(labelled_groups_from_decisions(settings))
     except ValueError as exc:
         return {"retrained": False, "reason": str(exc)}
-    lift = reranker.metrics["held_out"]["lift_recall@1"]
-    baseline = (active.metrics.get("held_out", {}).get("lift_recall@1", 0.0) if active else 0.0) or 0.0
+    lift = reliable_lift(reranker.metrics)
+    baseline = (reliable_lift(active.metrics) if active else 0.0) or 0.0
     activated = lift >= baseline
     with Session(engine) as session, session.begin():
         repo.save_reranker(session, version=reranker.version, kind=reranker.kind, feature_names=reranker.metrics["features"],

@@ -75,7 +75,7 @@ def restrict(groups: list[LabelledGroup], names: tuple[str, ...]) -> list[Labell
 def measure(groups: list[LabelledGroup], splits: int) -> dict:
     per_split = []
     for seed in range(splits):
-        model = train(groups, seed=seed)
+        model = train(groups, seed=seed, splits=1)  # this script does the splitting itself
         _train, held = split_groups(groups, 0.3, seed)
         formula = evaluate(FORMULA, held)
         m = model.metrics["held_out"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from matcher.features import FEATURE_NAMES
-from matcher.rerank import FORMULA, LabelledGroup, Reranker, evaluate, recall_at_k, split_groups, train
+from matcher.rerank import FORMULA, LabelledGroup, Reranker, evaluate, recall_at_k, reliable_lift, split_groups, train
 
 
 def synthetic_groups(n_groups: int, seed: int = 0) -> list[LabelledGroup]:
@@ -47,6 +47,11 @@ def test_training_lifts_recall_at_1_on_held_out_scenes():
     held = reranker.metrics["held_out"]
     assert held["groups"] > 50
     assert held["reranked_recall@1"] > held["cosine_recall@1"] + 0.2
+    check = reranker.metrics["split_check"]  # the same training on four more scene splits
+    assert check["splits"] == 5 and check["better"] == 5
+    assert check["lift_recall@1_min"] > 0.2 and check["lift_recall@1_min"] <= check["lift_recall@1_mean"]
+    assert reliable_lift(reranker.metrics) == check["lift_recall@1_mean"]
+    assert reliable_lift({"held_out": held}) == held["lift_recall@1"]  # models stored before the split check
     # Only the features the data has (no part cosines or list gaps here), in FEATURE_NAMES order.
     assert reranker.metrics["features"] == [n for n in FEATURE_NAMES if n in groups[0].features[0]]
 
