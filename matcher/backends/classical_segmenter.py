@@ -396,6 +396,9 @@ def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, m
     if not np.isin(crop_labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
         return has_fg
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models with k-means on OpenCV's (per-thread) global RNG; a fixed
+    # seed makes the mask depend on this photo and box only, not on what the process ran before.
+    cv2.setRNGSeed(0)
     try:
         cv2.grabCut(crop_img, crop_labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error:
