@@ -16,8 +16,8 @@ Three kinds:
   any candidate in the same ANN list reached.  A pointwise model cannot see
   the other candidates, and "the best silhouette of the list" says more than
   "silhouette 0.7": on held-out dev scenes they took the trained
-  re-ranker's recall@1 lift over cosine from +0.021 to +0.054 (mean of 20
-  scene splits, ``scripts/bench_rerank.py``).
+  re-ranker's recall@1 lift over cosine from +0.015 (the first eight
+  features) to +0.054 (mean of 20 scene splits, ``scripts/bench_rerank.py``).
 """
 
 from __future__ import annotations

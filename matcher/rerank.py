@@ -15,8 +15,9 @@ cosine / IoU never hurts, higher ΔE never helps), which keeps it sane on small
 training sets.  The within-list ``*_gap`` features give it what a pointwise
 model otherwise lacks: how a candidate compares with the rest of its list.
 No class re-weighting: the model only has to order candidates, and balancing
-~1 positive against ~19 negatives made it noisier (held-out recall@1 lift,
-mean of 20 splits of the dev scenes: +0.043 balanced, +0.054 not).  Training
+~1 positive against ~19 negatives made it worse (held-out recall@1 lift, mean
+of 20 splits of the dev scenes, in an exploratory run: +0.043 balanced, +0.051
+not).  Training
 splits by *scene* (the group key), never by candidate, so the held-out lift is
 measured on photos the model has not seen.  A model remembers the feature names it was
 trained on, so models trained before a feature was added keep working.
