@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -186,8 +186,10 @@ def file_sha256(path: str, max_bytes: int) -> str:
 def exclusive_index_lock(engine: Engine) -> Iterator[None]:
     """Hold the index advisory lock for the duration; refuse to start if another run holds it."""
     connection = engine.connect()
+    acquired = False
     try:
-        if not repo.try_index_lock(connection):
+        acquired = repo.try_index_lock(connection)
+        if not acquired:
             with Session(engine) as session:
                 running = repo.running_runs(session)
             who = ", ".join(f"run {r.id} ({r.kind}, started {r.started_at:%Y-%m-%d %H:%M:%S %Z})" for r in running)
@@ -196,7 +198,12 @@ def exclusive_index_lock(engine: Engine) -> Iterator[None]:
         connection.commit()
         yield
     finally:
-        connection.invalidate()  # closes the server session, which releases the advisory lock
+        if acquired:
+            # Unlock explicitly: closing the connection also releases the lock, but only once the
+            # server has noticed, so a run started right after this one could be refused.
+            with suppress(Exception):  # a broken connection: closing it below releases the lock
+                repo.release_index_lock(connection)
+        connection.invalidate()
         connection.close()
 
 

@@ -206,6 +206,10 @@ def try_index_lock(connection) -> bool:
     return bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": INDEX_LOCK_KEY}).scalar())
 
 
+def release_index_lock(connection) -> None:
+    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": INDEX_LOCK_KEY})
+
+
 def running_runs(session: Session) -> list[IndexRun]:
     return list(session.scalars(select(IndexRun).where(IndexRun.status == "running").order_by(IndexRun.id)))
 
