@@ -251,6 +251,8 @@ def match(
 
 
 def _print_match(result, top_k: int) -> None:
+    from .features import PART_FEATURES
+
     console.print(f"query {result.query_id}: {result.image} ({result.width}x{result.height}), space {result.space}, "
                   f"ranking {result.reranker_version}")
     for index, obj in enumerate(result.objects):
@@ -263,7 +265,7 @@ def _print_match(result, top_k: int) -> None:
                       "fill", "category ok")
         for rank, c in enumerate(obj.candidates[:top_k], start=1):
             f = c.features
-            parts = "/".join(f"{f[name]:.2f}" for name in ("cosine_colour", "cosine_texture", "cosine_shape") if name in f)
+            parts = "/".join(f"{f[name]:.2f}" for name in PART_FEATURES if name in f)
             table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", parts or "-",
                           f"{f['delta_e']:.1f}",
                           f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",

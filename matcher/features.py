@@ -54,6 +54,8 @@ FEATURE_NAMES = (
     "cosine_texture_gap",
     "cosine_shape_gap",
 )
+# Part cosines, in display order; an embedder's ``parts`` use these names (without "cosine_").
+PART_FEATURES = ("cosine_colour", "cosine_texture", "cosine_shape")
 # Features compared across the candidate list, with the direction in which they are better.
 LIST_FEATURES = {"delta_e": -1, "silhouette_iou": 1, "aspect_agreement": 1, "fill_agreement": 1,
                  "cosine_colour": 1, "cosine_texture": 1, "cosine_shape": 1}

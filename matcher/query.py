@@ -121,6 +121,7 @@ class QueryEngine:
         self.detectors = list(detector_objects) + [registry.create("detector", name, settings) for name in detectors]
         self._shapes: dict[int, ShapeSummary | None] = {}
         self._catalog_vectors: dict[int, np.ndarray] = {}
+        self._parts = getattr(embedder, "parts", None)  # named parts of the vector, if the embedder has them
 
     def _load_reranker(self, session: Session) -> Reranker:
         row = repo.active_reranker(session)
@@ -187,17 +188,15 @@ class QueryEngine:
 
     def _cache_parts(self, session: Session, product_ids: list[int]) -> None:
         """Catalog vectors for the part cosines (only fetched for embedders that declare parts)."""
-        parts = getattr(self.embedder, "parts", None)
         missing = [p for p in product_ids if p not in self._catalog_vectors]
-        if not parts or not missing:
+        if not self._parts or not missing:
             return
         for product_id, vector in repo.embedding_vectors(session, self.space.id, missing).items():
             self._catalog_vectors[product_id] = vector
 
     def _part_cosines(self, query_vector: np.ndarray, product_id: int) -> dict[str, float]:
-        parts = getattr(self.embedder, "parts", None)
         product_vector = self._catalog_vectors.get(product_id)
-        return part_cosines(query_vector, product_vector, parts) if parts and product_vector is not None else {}
+        return part_cosines(query_vector, product_vector, self._parts) if self._parts and product_vector is not None else {}
 
     def _rank(self, cutout: Cutout, detection: Detection, hits, query_vector: np.ndarray) -> list[Candidate]:
         query_shape = shape_summary(cutout.alpha, cutout.dominant_colors)

@@ -35,13 +35,13 @@ import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from .features import DELTA_E_CAP, FEATURE_NAMES, LIST_FEATURES, feature_matrix
+from .features import DELTA_E_CAP, FEATURE_NAMES, LIST_FEATURES, PART_FEATURES, feature_matrix
 
 FORMULA_VERSION = "formula-v1"
 FORMULA_WEIGHTS = {"cosine": 0.60, "colour": 0.15, "silhouette_iou": 0.15, "aspect_agreement": 0.05, "category_agreement": 0.05}
 MONOTONIC = {"cosine": 1, "delta_e": -1, "silhouette_iou": 1, "aspect_agreement": 1, "fill_agreement": 1,
              "category_agreement": 1, "cosine_rank": -1, "cosine_gap": 1,
-             "cosine_colour": 1, "cosine_texture": 1, "cosine_shape": 1,
+             **{name: 1 for name in PART_FEATURES},
              **{f"{name}_gap": 1 for name in LIST_FEATURES}}  # gaps are signed: closer to the best is better
 
 
@@ -86,8 +86,8 @@ FORMULA = Reranker(version=FORMULA_VERSION, kind="formula")
 
 def explain(features: dict[str, float]) -> str:
     category = {1.0: "same category", 0.0: "other category"}.get(features["category_agreement"], "category unknown")
-    part_list = ", ".join(f"{part} {features['cosine_' + part]:.2f}" for part in ("colour", "texture", "shape")
-                          if "cosine_" + part in features)
+    part_list = ", ".join(f"{name.removeprefix('cosine_')} {features[name]:.2f}" for name in PART_FEATURES
+                          if name in features)
     parts = f" ({part_list})" if part_list else ""
     return (f"cosine {features['cosine']:.3f}{parts}, ΔE2000 {features['delta_e']:.1f}, "
             f"silhouette IoU {features['silhouette_iou']:.2f}, aspect {features['aspect_agreement']:.2f}, "

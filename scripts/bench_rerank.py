@@ -43,13 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from matcher.evaluation.scenes import evaluate_scenes  # noqa: E402
-from matcher.features import FEATURE_NAMES  # noqa: E402
+from matcher.features import FEATURE_NAMES, PART_FEATURES  # noqa: E402
 from matcher.rerank import FORMULA, LabelledGroup, evaluate, formula_score, split_groups, train  # noqa: E402
 from matcher.settings import Settings  # noqa: E402
 
 BASE = ("cosine", "delta_e", "silhouette_iou", "aspect_agreement", "fill_agreement", "category_agreement",
         "cosine_rank", "cosine_gap")
-PARTS = tuple(n for n in FEATURE_NAMES if n.startswith("cosine_") and n not in BASE and not n.endswith("_gap"))
+PARTS = PART_FEATURES
 GAPS = tuple(n for n in FEATURE_NAMES if n.endswith("_gap") and n not in BASE)
 FEATURE_SETS = {"base": BASE, "+parts": BASE + PARTS, "+gaps": BASE + GAPS, "all": FEATURE_NAMES}
 
