@@ -1,7 +1,7 @@
 """Catalog-side stages wired together: image -> mask -> matte -> composite.
 
 Kept free of database and process-pool concerns so the query path, the
-indexer and the evaluation all run exactly the same steps.
+indexing (``matcher.indexing.item``) and the evaluation all run exactly the same steps.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def db_stop(settings: Settings) -> bool:
 
 def index_catalog(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
                   progress: bool = True, executor: str = "process"):
-    from indexer.job import run_index
+    from .indexing import run_index
 
     return run_index(catalog, settings, limit=limit, workers=workers, progress=progress, executor=executor)
 
@@ -177,10 +177,13 @@ def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
 
 def reindex_catalog(catalog: str | Path, settings: Settings, *, since=None, workers: int = 1, progress: bool = True,
                     executor: str = "process"):
-    from indexer.job import run_index
+    """The nightly run: index what changed, soft-delete what left the catalog, then retrain the re-ranker if due."""
+    from .indexing import run_index
 
-    return run_index(catalog, settings, workers=workers, progress=progress, remove_missing=True, since=since,
-                     kind="reindex", retrain_reranker=True, executor=executor)
+    report = run_index(catalog, settings, workers=workers, progress=progress, remove_missing=True, since=since,
+                       kind="reindex", executor=executor)
+    report.reranker = retrain_reranker_if_due(settings)
+    return report
 
 
 def list_spaces(settings: Settings) -> list[dict[str, Any]]:

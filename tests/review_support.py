@@ -39,8 +39,8 @@ def _url(pg_server, name: str) -> str:
 
 def sample_template(pg_server, tmp_path_factory, n_distractors: int = 4) -> tuple[str, Path]:
     """(template database, catalog folder): scene_00000's products plus a few distractors, indexed."""
-    from indexer.job import run_index
     from matcher.db.engine import get_engine
+    from matcher.indexing import run_index
 
     with _lock:
         key = id(pg_server)

@@ -151,7 +151,7 @@ def evaluate_scenes(dataset: Path, settings: Settings, *, use_gt_boxes: bool = T
 
 
 def _ensure_indexed(dataset: Path, settings: Settings, workers: int, progress: bool):
-    from indexer.job import run_index
+    from ..indexing import run_index
 
     return run_index(dataset / "catalog" / "products.jsonl", settings, workers=workers, progress=progress)
 

@@ -12,12 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from indexer.job import run_index
 from matcher.cli import app
 from matcher.db.engine import get_engine
 from matcher.db.models import CandidateRow, DetectionRow, Query
 from matcher.features import FEATURE_NAMES
 from matcher.fusion import FusionConfig
+from matcher.indexing import run_index
 from matcher.query import QueryEngine
 from matcher.settings import Settings
 from matcher.types import Box

@@ -1,4 +1,8 @@
-"""``matcher index`` and ``matcher reindex``: bring a catalog into the database, incrementally.
+"""The index job: bring a whole catalog into the database, incrementally (``matcher index`` and
+``matcher reindex``, through ``matcher.service``; the scene evaluation indexes its catalog with it).
+
+This module runs the catalog: the lock, the plan, the run records and the process pool.  The work on
+one item (steps 4-6) is ``matcher.indexing.item``'s, shared with the Ray executor (``ray_runner``).
 
 Flow per run:
 1. take the index advisory lock (a second concurrent run stops with a clear message);
@@ -15,7 +19,7 @@ Flow per run:
 6. write product + cutout + embedding (+ event) of each item in ONE transaction,
    so ``kill -9`` at any point loses at most the items in flight, which the
    next run redoes; nothing is ever half-written or written twice;
-   (``executor="ray"`` runs steps 4-6 in Ray Data actors instead: ``indexer.ray_runner``)
+   (``executor="ray"`` runs steps 4-6 in Ray Data actors instead: ``matcher.indexing.ray_runner``)
 7. the space becomes the searched one only once every live product is in it.
 """
 
@@ -33,27 +37,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from matcher import registry
-from matcher.codec import alpha_to_uint8, decode_png, encode_png
 from matcher.db import repository as repo
 from matcher.db.engine import get_engine
 from matcher.db.migrate import upgrade
-from matcher.imageio import ImageLoadError, decode_image, read_bytes
-from matcher.pipeline import PreparedImage, prepare_image, reference_thumbnail
+from matcher.imageio import ImageLoadError, read_bytes
 from matcher.settings import Settings
 from matcher.types import CatalogError, CatalogRow
 
 from .catalog import read_catalog
+from .item import COUNT_KEYS, Outcome, WorkItem, init_worker, prepare_item, set_worker, store_outcomes, tally
 
 log = logging.getLogger(__name__)
 
-COUNT_KEYS = ("catalog_rows", "new", "changed", "reembedded", "indexed", "mask_fail", "unchanged",
-              "perceptually_equal", "metadata_updated", "removed", "failed", "interrupted_runs")
 EXECUTORS = ("process", "ray")
 
 
@@ -79,72 +79,7 @@ class IndexReport:
         return self.counts.get("indexed", 0) + self.counts.get("mask_fail", 0)
 
 
-@dataclass
-class _WorkItem:
-    row: CatalogRow
-    reason: str  # new | changed | reembedded
-    reference_png: bytes | None = None  # set when a perceptual check may spare the work
-
-
-@dataclass
-class _Outcome:
-    """What a worker sends back for one catalog row."""
-
-    item: _WorkItem
-    sha256: str | None = None
-    prepared: PreparedImage | None = None
-    reference_png: bytes | None = None
-    same_picture: dict | None = None  # the perceptual verdict when the new bytes show the same picture
-    error: CatalogError | None = None
-
-    @property
-    def row(self) -> CatalogRow:
-        return self.item.row
-
-
-# --- worker side --------------------------------------------------------------------------------
-
-_worker_segmenter = None
-_worker_settings: Settings | None = None
-
-
-def _init_worker(settings: Settings, segmenter_name: str) -> None:
-    global _worker_segmenter, _worker_settings
-    _worker_settings = settings
-    _worker_segmenter = registry.create("segmenter", segmenter_name, settings)
-
-
-def _prepare_item(item: _WorkItem) -> _Outcome:
-    assert _worker_settings is not None and _worker_segmenter is not None
-    settings, row = _worker_settings, item.row
-    try:
-        data = read_bytes(row.image, max_bytes=settings.max_image_bytes)
-        image = decode_image(data, source=row.image, max_pixels=settings.max_image_pixels)
-    except ImageLoadError as exc:
-        return _Outcome(item, error=CatalogError(row.line, row.sku, "load", str(exc)))
-    thumbnail = reference_thumbnail(image.rgb)
-    if item.reference_png is not None:
-        verdict = _same_picture(item.reference_png, thumbnail)
-        if verdict is not None:
-            return _Outcome(item, sha256=image.sha256, same_picture=verdict)
-    try:
-        prepared = prepare_image(image, _worker_segmenter, settings)
-    except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the batch
-        log.exception("segmenting %s failed", row.sku)
-        return _Outcome(item, sha256=image.sha256, error=CatalogError(row.line, row.sku, "segment", f"{type(exc).__name__}: {exc}"))
-    return _Outcome(item, sha256=image.sha256, prepared=prepared, reference_png=encode_png(thumbnail))
-
-
-def _same_picture(reference_png: bytes, thumbnail: np.ndarray) -> dict | None:
-    """The perceptual verdict if the new image shows the same picture as the stored reference, else None."""
-    from matcher.diffmask import perceptually_equal
-
-    verdict = perceptually_equal(decode_png(reference_png), thumbnail)
-    if not verdict.equal:
-        return None
-    return {"changed_fraction": round(float(verdict.changed_fraction), 6), "threshold": round(float(verdict.threshold), 3),
-            "reason": getattr(verdict, "reason", "")}
-
+# --- the process pool ---------------------------------------------------------------------------
 
 class _InlineExecutor(Executor):
     """Runs work in this process: no pool start-up for one worker or tiny jobs."""
@@ -157,19 +92,18 @@ class _InlineExecutor(Executor):
 
 def _executor(workers: int, settings: Settings, segmenter_name: str, segmenter) -> Executor:
     if workers <= 1:
-        global _worker_segmenter, _worker_settings
-        _worker_segmenter, _worker_settings = segmenter, settings
+        set_worker(settings, segmenter)
         return _InlineExecutor()
     context = multiprocessing.get_context("spawn")  # torch and numba are not fork-safe
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
                                initargs=(settings, segmenter_name))
 
 
-def _ordered_results(executor: Executor, items: list[_WorkItem], window: int) -> Iterator[_Outcome]:
+def _ordered_results(executor: Executor, items: list[WorkItem], window: int) -> Iterator[Outcome]:
     """Submit at most ``window`` items ahead so memory stays bounded on big catalogs."""
     pending: list[Future] = []
     for item in items:
-        pending.append(executor.submit(_prepare_item, item))
+        pending.append(executor.submit(prepare_item, item))
         if len(pending) >= window:
             yield pending.pop(0).result()
     for future in pending:
@@ -209,7 +143,7 @@ def exclusive_index_lock(engine: Engine) -> Iterator[None]:
 
 def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
               progress: bool = True, remove_missing: bool = False, since: datetime | None = None,
-              kind: str = "index", retrain_reranker: bool = False, executor: str = "process") -> IndexReport:
+              kind: str = "index", executor: str = "process") -> IndexReport:
     """``executor``: "process" (a local process pool, the default) or "ray" (Ray Data actors; see ``ray_runner``)."""
     started = time.perf_counter()
     if executor not in EXECUTORS:
@@ -271,22 +205,18 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
         if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
             with Session(engine) as session, session.begin():
                 repo.analyze_index_tables(session)
-    if retrain_reranker:
-        from matcher.service import retrain_reranker_if_due
-
-        report.reranker = retrain_reranker_if_due(settings)
     report.counts, report.failures = counts, failures
     return report
 
 
 def plan(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: Settings, since: datetime | None
-         ) -> tuple[list[_WorkItem], list[CatalogRow], list[CatalogError]]:
+         ) -> tuple[list[WorkItem], list[CatalogRow], list[CatalogError]]:
     """Split catalog rows into work items and unchanged rows without decoding any image."""
     todo, unchanged, failures = [], [], []
     for row in rows:
         known = state.get(row.sku)
         if known is None:
-            todo.append(_WorkItem(row, "new"))
+            todo.append(WorkItem(row, "new"))
             continue
         if since is not None and _done_for(known, known.product_sha256) and _modified_before(row.image, since):
             unchanged.append(row)  # trusted without hashing: not touched since the given time
@@ -299,9 +229,9 @@ def plan(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: 
         if sha == known.product_sha256 and _done_for(known, sha):
             unchanged.append(row)
         elif sha == known.product_sha256:
-            todo.append(_WorkItem(row, "reembedded"))  # same image, but this space (a new model) lacks it
+            todo.append(WorkItem(row, "reembedded"))  # same image, but this space (a new model) lacks it
         else:
-            todo.append(_WorkItem(row, "changed", reference_png=b"" if _done_for(known, known.product_sha256) else None))
+            todo.append(WorkItem(row, "changed", reference_png=b"" if _done_for(known, known.product_sha256) else None))
     return todo, unchanged, failures
 
 
@@ -319,7 +249,7 @@ def _modified_before(image: str, since: datetime) -> bool:
         return False
 
 
-def _attach_references(engine: Engine, todo: list[_WorkItem]) -> None:
+def _attach_references(engine: Engine, todo: list[WorkItem]) -> None:
     """Load stored reference thumbnails for the changed items that may turn out to be the same picture."""
     wanted = [item for item in todo if item.reference_png == b""]
     if not wanted:
@@ -362,142 +292,22 @@ def _remove_missing(engine: Engine, run_id: int, rows: list[CatalogRow], errors:
     return len(gone)
 
 
-def _process(engine: Engine, todo: list[_WorkItem], space, embedder, segmenter_name: str, segmenter,
+def _process(engine: Engine, todo: list[WorkItem], space, embedder, segmenter_name: str, segmenter,
              settings: Settings, workers: int, progress: bool, run_id: int, counts: dict[str, int],
              failures: list[CatalogError]) -> None:
     bar = tqdm(total=len(todo), desc="indexing", unit="item", disable=not progress or not todo)
     with _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter) as executor:
-        batch: list[_Outcome] = []
+        batch: list[Outcome] = []
         for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
             batch.append(outcome)
             if len(batch) >= settings.batch_size:
-                _tally(_store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
+                tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            _tally(_store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
+            tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
             bar.update(len(batch))
     bar.close()
-
-
-@dataclass
-class _ItemResult:
-    """What storing one work item came to; the run's counts and failures are summed from these."""
-
-    sku: str
-    line: int
-    reason: str  # the work item's reason: new | changed | reembedded
-    kind: str  # indexed | mask_fail | perceptually_equal | failed
-    error: CatalogError | None = None
-
-
-def _tally(results: list[_ItemResult], counts: dict[str, int], failures: list[CatalogError]) -> None:
-    for result in results:
-        if result.kind == "failed":
-            assert result.error is not None
-            failures.append(result.error)
-        elif result.kind == "perceptually_equal":
-            counts["perceptually_equal"] += 1
-        else:
-            counts[result.reason] += 1
-            counts[result.kind] += 1
-
-
-def _failed(outcome: _Outcome, error: CatalogError) -> _ItemResult:
-    return _ItemResult(outcome.row.sku, outcome.row.line, outcome.item.reason, "failed", error)
-
-
-def _store_outcomes(engine: Engine, outcomes: list[_Outcome], space, embedder, run_id: int) -> list[_ItemResult]:
-    """Store what the workers prepared: worker errors, same-picture verdicts, and one embedding batch.
-    Shared by the process pool (in the main process) and the Ray actors (in each actor)."""
-    results: list[_ItemResult] = []
-    batch: list[_Outcome] = []
-    for outcome in outcomes:
-        if outcome.error is not None:
-            results.append(_failed(outcome, outcome.error))
-        elif outcome.same_picture is not None:
-            results.append(_store_same_picture(engine, outcome, run_id))
-        else:
-            batch.append(outcome)
-    if batch:
-        results += _store_batch(engine, batch, space, embedder, run_id)
-    return results
-
-
-def _store_same_picture(engine: Engine, outcome: _Outcome, run_id: int) -> _ItemResult:
-    row = outcome.row
-    try:
-        with Session(engine) as session, session.begin():
-            product_id = repo.products_by_sku(session, [row.sku])[row.sku].id
-            repo.accept_same_picture(session, product_id, row.image, outcome.sha256)
-            repo.record_event(session, run_id, row.sku, "perceptually_equal", outcome.same_picture)
-    except Exception as exc:  # noqa: BLE001
-        log.exception("recording %s failed", row.sku)
-        return _failed(outcome, CatalogError(row.line, row.sku, "store", f"{type(exc).__name__}: {exc}"))
-    return _ItemResult(row.sku, row.line, outcome.item.reason, "perceptually_equal")
-
-
-def _store_batch(engine: Engine, batch: list[_Outcome], space, embedder, run_id: int) -> list[_ItemResult]:
-    results: list[_ItemResult] = []
-    embeddable = [o for o in batch if o.prepared is not None and o.prepared.composite is not None]
-    vectors: dict[str, np.ndarray] = {}
-    if embeddable:
-        try:
-            matrix = embedder.embed([o.prepared.composite for o in embeddable])
-            vectors = {o.row.sku: matrix[i] for i, o in enumerate(embeddable)}
-        except Exception as exc:  # noqa: BLE001 - record per item, keep going
-            log.exception("embedding a batch failed")
-            for o in embeddable:
-                results.append(_failed(o, CatalogError(o.row.line, o.row.sku, "embed", f"{type(exc).__name__}: {exc}")))
-            embeddable_skus = {o.row.sku for o in embeddable}
-            batch = [o for o in batch if o.row.sku not in embeddable_skus]
-    for outcome in batch:
-        try:
-            with Session(engine) as session, session.begin():
-                _store_item(session, outcome, space, embedder.model_id, vectors.get(outcome.row.sku))
-                repo.record_event(session, run_id, outcome.row.sku, outcome.item.reason,
-                                  {"mask_fail": outcome.prepared.cutout.fail_reason} if not outcome.prepared.cutout.ok else {})
-        except Exception as exc:  # noqa: BLE001 - the item's transaction rolled back as a whole
-            log.exception("storing %s failed", outcome.row.sku)
-            results.append(_failed(outcome, CatalogError(outcome.row.line, outcome.row.sku, "store",
-                                                         f"{type(exc).__name__}: {exc}")))
-            continue
-        results.append(_ItemResult(outcome.row.sku, outcome.row.line, outcome.item.reason,
-                                   "indexed" if outcome.row.sku in vectors else "mask_fail"))
-    return results
-
-
-def _store_item(session: Session, outcome: _Outcome, space, model_id: str, vector: np.ndarray | None) -> None:
-    row, prepared = outcome.row, outcome.prepared
-    assert prepared is not None and outcome.sha256 is not None
-    cutout = prepared.cutout
-    product_id = repo.upsert_product(session, sku=row.sku, title=row.title, category=row.category,
-                                     attributes=row.attributes, image_uri=row.image, image_sha256=outcome.sha256,
-                                     reference_png=outcome.reference_png)
-    repo.upsert_cutout(
-        session, product_id, space.segmenter_id,
-        image_sha256=outcome.sha256,
-        width=prepared.image.width, height=prepared.image.height,
-        bbox=list(cutout.bbox.xyxy()) if cutout.bbox else None,
-        mask_png=encode_png(cutout.mask),
-        alpha_png=encode_png(alpha_to_uint8(cutout.alpha)) if cutout.ok else None,
-        rgba_png=encode_png(_crop_rgba(cutout)) if cutout.ok else None,
-        coverage=float(cutout.coverage), leakage_score=float(cutout.leakage_score),
-        flags=list(cutout.flags), fail_reason=cutout.fail_reason,
-        dominant_colors=[{"lab": list(map(float, c.lab)), "weight": float(c.weight)} for c in cutout.dominant_colors],
-    )
-    if vector is not None:
-        repo.upsert_embedding(session, product_id, space, model_id, vector, outcome.sha256)
-    else:
-        repo.delete_embedding(session, product_id, space)  # a stale vector of an older image must not stay searchable
-
-
-def _crop_rgba(cutout) -> np.ndarray:
-    rgba = cutout.rgba()
-    if cutout.bbox is None:
-        return rgba
-    rows, cols = cutout.bbox.int_slices()
-    return rgba[rows, cols]
 
 
 def _activate_if_complete(engine: Engine, space) -> bool:

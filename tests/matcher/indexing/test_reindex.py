@@ -18,13 +18,13 @@ from PIL import Image
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from indexer.job import IndexLockedError, run_index
 from matcher.db import repository as repo
 from matcher.db.engine import get_engine
 from matcher.db.models import Cutout, Embedding, EmbeddingSpace, IndexEvent, IndexRun, Product
+from matcher.indexing import IndexLockedError, run_index
 from matcher.query import QueryEngine
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _catalog(bench_dir: Path, folder: Path, n: int, offset: int = 0) -> tuple[Path, list[dict]]:

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.job import run_index
 from matcher.db import repository as repo
 from matcher.db.engine import get_engine
 from matcher.db.models import Cutout, Embedding, EmbeddingSpace, Product
+from matcher.indexing import run_index
 
 
 def _bench_subset(bench_dir: Path, tmp_path: Path, n: int) -> tuple[Path, list[dict]]:

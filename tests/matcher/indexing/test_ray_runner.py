@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from indexer.job import run_index
 from matcher.db.engine import get_engine
 from matcher.db.models import Cutout, Embedding, IndexEvent, IndexRun, Product
-from tests.indexer.test_reindex import _catalog, _write
+from matcher.indexing import run_index
+from tests.matcher.indexing.test_reindex import _catalog, _write
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'matcher[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is an optional extra: pip install 'matcher[ray]'")

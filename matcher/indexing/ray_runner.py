@@ -1,4 +1,4 @@
-"""The index/reindex job's per-item work (steps 4-6 of ``indexer.job``) as a Ray Data pipeline.
+"""The index/reindex job's per-item work (steps 4-6 of ``matcher.indexing.job``) as a Ray Data pipeline.
 
 ``run_index(..., executor="ray")`` / ``matcher reindex ... --executor ray`` (optional extra
 ``matcher[ray]``).  The driver (the process that runs ``run_index``) does exactly what it does with
@@ -11,10 +11,11 @@ items go to Ray:
 
 Each actor builds its segmenter and embedder ONCE (through ``matcher.registry``) and opens its own
 database connection; per batch it decodes, segments, mattes and composites every item
-(``job._prepare_item``), embeds the batch, and writes each item in its own transaction through the
-same store code as the process pool (``job._store_outcomes``: ``_store_item`` + ``repo.record_event``,
-or the same-picture verdict).  It returns one small record per item (sku, line, reason, outcome
-kind, error), which the driver sums into the run's counts and failures (``job._tally``).  The
+(``item.prepare_item``), embeds the batch, and writes each item in its own transaction through the
+same store code as the process pool (``item.store_outcomes``: product + cutout + embedding +
+``repo.record_event``, or the same-picture verdict).  It returns one small record per item (sku,
+line, reason, outcome kind, error), which the driver sums into the run's counts and failures
+(``item.tally``).  The
 database is the only shared state, so ``kill -9`` of the driver or of any actor keeps the job's
 guarantee: at most the items in flight are lost, and the next run redoes them.
 
@@ -45,8 +46,7 @@ from matcher.db.engine import database_url
 from matcher.settings import Settings
 from matcher.types import CatalogError, CatalogRow
 
-from . import job
-from .job import COUNT_KEYS, _ItemResult, _WorkItem
+from .item import COUNT_KEYS, ItemResult, WorkItem, init_worker, prepare_item, store_outcomes, tally
 
 _RESULT_COLUMNS = ("sku", "line", "reason", "kind", "stage", "error")
 
@@ -60,30 +60,30 @@ def require_ray() -> None:
         raise ValueError("executor 'ray' needs Ray Data: pip install 'matcher[ray]'") from exc
 
 
-def _to_record(item: _WorkItem) -> dict[str, Any]:
+def _to_record(item: WorkItem) -> dict[str, Any]:
     row = item.row
     return {"sku": row.sku, "title": row.title, "category": row.category, "image": row.image,
             "attributes": json.dumps(row.attributes), "line": row.line, "reason": item.reason,
             "reference_png": item.reference_png}
 
 
-def _from_record(record: dict[str, Any]) -> _WorkItem:
+def _from_record(record: dict[str, Any]) -> WorkItem:
     row = CatalogRow(sku=record["sku"], title=record["title"], category=record["category"], image=record["image"],
                      attributes=json.loads(record["attributes"]), line=int(record["line"]))
-    return _WorkItem(row, record["reason"], reference_png=record["reference_png"])
+    return WorkItem(row, record["reason"], reference_png=record["reference_png"])
 
 
-def _result_record(result: _ItemResult) -> dict[str, Any]:
+def _result_record(result: ItemResult) -> dict[str, Any]:
     error = result.error
     return {"sku": result.sku, "line": result.line, "reason": result.reason, "kind": result.kind,
             "stage": error.stage if error else None, "error": error.reason if error else None}
 
 
-def _result_from_record(record: dict[str, Any]) -> _ItemResult:
+def _result_from_record(record: dict[str, Any]) -> ItemResult:
     error = None
     if record["kind"] == "failed":
         error = CatalogError(int(record["line"]), record["sku"], record["stage"], record["error"])
-    return _ItemResult(record["sku"], int(record["line"]), record["reason"], record["kind"], error)
+    return ItemResult(record["sku"], int(record["line"]), record["reason"], record["kind"], error)
 
 
 class _IndexActor:
@@ -98,7 +98,7 @@ class _IndexActor:
         if os.path.isdir(driver_cwd):
             os.chdir(driver_cwd)  # relative image paths mean what they meant to the driver
         segmenter_name = registry.BACKEND_PRESETS[settings.backend]["segmenter"]
-        job._init_worker(settings, segmenter_name)  # this actor's segmenter, used by job._prepare_item
+        segmenter = init_worker(settings, segmenter_name)  # this actor's segmenter, used by prepare_item
         self.embedder = registry.create_embedder(settings)
         self.engine = get_engine(settings)
         self.run_id = run_id
@@ -107,7 +107,7 @@ class _IndexActor:
             if self.space is None:
                 raise RuntimeError(f"embedding space {space_id} not found")
             session.expunge(self.space)
-        made = (self.embedder.model_id, job._worker_segmenter.segmenter_id)
+        made = (self.embedder.model_id, segmenter.segmenter_id)
         if made != (self.space.embedder_id, self.space.segmenter_id):
             raise RuntimeError(f"this node builds {made}, but the run indexes space {self.space.name} "
                                f"({self.space.embedder_id}, {self.space.segmenter_id}): same weights on every node?")
@@ -115,8 +115,8 @@ class _IndexActor:
     def __call__(self, batch):  # a pyarrow.Table of work items -> a pyarrow.Table of results
         import pyarrow as pa
 
-        outcomes = [job._prepare_item(_from_record(record)) for record in batch.to_pylist()]
-        results = job._store_outcomes(self.engine, outcomes, self.space, self.embedder, self.run_id)
+        outcomes = [prepare_item(_from_record(record)) for record in batch.to_pylist()]
+        results = store_outcomes(self.engine, outcomes, self.space, self.embedder, self.run_id)
         return pa.Table.from_pylist([_result_record(r) for r in results], schema=_result_schema())
 
 
@@ -127,7 +127,7 @@ def _result_schema():
                       ("stage", pa.string()), ("error", pa.string())])
 
 
-def process_with_ray(todo: list[_WorkItem], settings: Settings, space, run_id: int, *, workers: int = 2,
+def process_with_ray(todo: list[WorkItem], settings: Settings, space, run_id: int, *, workers: int = 2,
                      progress: bool = False, counts: dict[str, int] | None = None,
                      failures: list[CatalogError] | None = None) -> tuple[dict[str, int], list[CatalogError]]:
     """Prepare, embed and store ``todo`` on Ray Data actors; returns (and adds into) ``counts``, ``failures``.
@@ -165,7 +165,7 @@ def process_with_ray(todo: list[_WorkItem], settings: Settings, space, run_id: i
         bar = tqdm(total=len(todo), desc="indexing (ray)", unit="item", disable=not progress)
         for results in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             records = results.to_pylist()
-            job._tally([_result_from_record(r) for r in records], counts, failures)
+            tally([_result_from_record(r) for r in records], counts, failures)
             bar.update(len(records))
         bar.close()
     finally:

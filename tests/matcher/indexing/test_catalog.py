@@ -2,7 +2,7 @@
 
 import json
 
-from indexer.catalog import read_catalog
+from matcher.indexing import read_catalog
 
 
 def test_bench_jsonl_resolves_paths_from_the_data_set_root(bench_dir):

@@ -1,1 +1,0 @@
-"""Catalog jobs built on the ``matcher`` library: reading catalogs and indexing them."""
