@@ -43,6 +43,9 @@ N_PRODUCTS = int(os.environ.get("MATCHER_REVIEW_TRAINING_PRODUCTS", "40"))
 MAX_SCENES = 200
 REVIEWERS = (review.Reviewer("alice"), review.Reviewer("bob"), review.Reviewer("chen"))
 REPORT = Path(__file__).resolve().parents[2] / "test-output" / "review_training.json"
+# Ceiling for one script run of the app (the "Train re-ranker" click trains six models; with the whole dev catalog
+# that takes minutes): generous, for a loaded 2-core machine; AppTest returns as soon as the run ends.
+APPTEST_TIMEOUT = float(os.environ.get("MATCHER_APPTEST_TIMEOUT", "1800"))
 
 
 def _subset(bench: Path) -> tuple[list[dict], list[tuple[dict, list[dict]]]]:
@@ -71,7 +74,7 @@ def _subset(bench: Path) -> tuple[list[dict], list[tuple[dict, list[dict]]]]:
 
 @pytest.mark.slow
 def test_training_from_the_app_on_review_decisions(bench_dir, pg_server, tmp_path, monkeypatch):
-    from indexer.job import run_index
+    from matcher.indexing import run_index
 
     catalog, scenes = _subset(bench_dir)
     catalog_file = tmp_path / "products.jsonl"
@@ -105,7 +108,7 @@ def test_training_from_the_app_on_review_decisions(bench_dir, pg_server, tmp_pat
     # Train from the app's Re-ranker page, read the held-out lift, then activate.
     for key, value in env_for(settings).items():
         monkeypatch.setenv(key, value)
-    at = AppTest.from_file(str(APP_PATH), default_timeout=300)
+    at = AppTest.from_file(str(APP_PATH), default_timeout=APPTEST_TIMEOUT)
     at.run()
     at.text_input(key="signin_name").input("alice")
     at.text_input(key="signin_secret").input(SECRET)
