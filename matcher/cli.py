@@ -114,8 +114,7 @@ def index(
 @contextmanager
 def _index_errors() -> Iterator[None]:
     """Exit 3 when another run holds the index lock, 2 for bad input; no traceback either way."""
-    from indexer.job import IndexLockedError
-
+    from .indexing import IndexLockedError
     from .registry import UnknownBackendError
 
     try:
@@ -212,11 +211,19 @@ def eval_masks(
                                 progress=sys.stderr.isatty())
     overall = report["overall"]
     table = Table("scope", "n", "IoU", "boundary F1", "SAD matte", "SAD binary", "leakage", "mask_fail")
-    for name, row in [("overall", overall), *sorted(report.get("per_category", {}).items())]:
+    groups = [("category", report.get("per_category", {})), ("backdrop", report.get("per_background", {})),
+              ("contact shadow", report.get("per_contact_shadow", {}))]
+    scopes = [("overall", overall)] + [(f"{kind}: {name}", row) for kind, rows in groups for name, row in rows.items()]
+    for name, row in scopes:
         table.add_row(name, str(row["n"]), f"{row['mean_iou']:.4f}", f"{row['boundary_f1']:.4f}",
                       f"{row['alpha_sad']:.2f}", f"{row['binary_sad']:.2f}", f"{row['leakage_rate']:.2%}",
                       str(row["mask_fail"]))
     console.print(table)
+    worst = Table("worst", "IoU", "backdrop", "contact shadow", "leaking", "flags")
+    for it in report["worst"][:5]:
+        worst.add_row(str(it["sku"]), f"{it['iou']:.4f}", it["background"], it["contact_shadow"],
+                      "yes" if it["leaking"] else "no", ",".join(it["flags"]))
+    console.print(worst)
 
 
 @app.command("match")

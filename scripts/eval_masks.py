@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(header)
     print("-" * len(header))
-    for name, row in [*report["per_category"].items(), ("overall", o)]:
+    scopes = [*report["per_category"].items(), *report["per_background"].items(),
+              *(("shadow: " + k, v) for k, v in report["per_contact_shadow"].items()), ("overall", o)]
+    for name, row in scopes:
         print(f"{name:<16}{row['n']:>5}{row['mean_iou']:>8.4f}{row['median_iou']:>8.4f}{row['boundary_f1']:>8.4f}"
               f"{row['alpha_sad']:>8.3f}{row['binary_sad']:>8.3f}{row['leakage_rate']:>7.1%}{row['mask_fail']:>6}"
               f"{row['seconds_per_image']:>7.3f}")
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     print("worst by IoU:")
     for it in report["worst"]:
         extra = f"  {it['fail_reason']}" if it["fail_reason"] else ""
-        print(f"  {it['iou']:.4f}  {it['sku']:<48} {it['category']:<14} {','.join(it['flags'])}{extra}")
+        print(f"  {it['iou']:.4f}  {it['sku']:<48} {it['category']:<14} {it['background']:<16} "
+              f"shadow={it['contact_shadow']:<4} {','.join(it['flags'])}{extra}")
     for f in report["failed"]:
         print(f"  failed line {f['line']} {f['sku']}: {f['reason']}")
     return 0

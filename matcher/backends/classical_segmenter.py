@@ -6,14 +6,18 @@ Pipeline (each step a pure function below; :class:`ClassicalSegmenter` wires the
    (iteratively reweighted least squares, Tukey weights) to the pixels of a
    ring along the image border (or around the box).  A quadratic surface per
    channel allows a gradient / vignetted sweep; the inliers' residual spread
-   gives the noise scale, hence ``adaptive_threshold``.
+   gives the noise scale, hence ``adaptive_threshold`` (for studio shots with
+   the low floor ``STUDIO_MIN_THRESHOLD``: white on white is a few ΔE).
 2. ``background_distance``: per-pixel ΔE76 from the modelled backdrop.
 3. ``shadow_candidates`` + ``soft_shadow_mask`` (+ ``split_shadow_piece``):
    pixels that are only *darker* backdrop (same chromaticity, bounded
    darkening), in smooth pieces whose rim fades softly into the clean
    backdrop.  A product's silhouette is a step, so a grey product on a white
    sweep is not taken for shadow; a shadow that runs smoothly into the
-   product's dark base is split from it by a seeded watershed.
+   product's dark base is split from it by a seeded watershed; a piece that
+   fades softly almost all round is shadow whole.  Shadows boxed in by legs
+   are looked for again at the conservative threshold, under the object
+   (``_studio_threshold_and_shadow``).
 4. ``initial_trimap`` + ``grabcut_refine``: ``cv2.grabCut`` initialised from a
    label map (sure backdrop / probable backdrop / probable object / sure
    object) on a crop around the candidate; shadow is probable backdrop and
@@ -55,6 +59,9 @@ from ..types import Box, Mask
 WORK_SIDE = 768
 # Minimum backdrop distance (ΔE76) that can count as object, whatever the noise.
 MIN_THRESHOLD = 5.0
+# The same floor for studio shots: their backdrop is modelled to a fraction of a ΔE, so a white
+# product on a white sweep, a few ΔE off, is still object (the noise term raises it for noisy photos).
+STUDIO_MIN_THRESHOLD = 1.5
 # Darkening a soft shadow may apply to the backdrop (linear-light ratio).
 SHADOW_MIN_RATIO = 0.35
 # Largest gradient (ΔE per pixel, Gaussian sigma 1) inside a soft shadow.
@@ -255,7 +262,7 @@ def shadow_candidates(image: np.ndarray, model: BackgroundModel, dist: np.ndarra
 
 def soft_shadow_mask(lab: np.ndarray, candidates: np.ndarray, dist: np.ndarray, threshold: float,
                      max_gradient: float = SHADOW_MAX_GRADIENT, min_soft_share: float = 0.75,
-                     min_area: int = 20) -> np.ndarray:
+                     min_area: int = 20, whole_soft_share: float = 0.85) -> np.ndarray:
     """Shadow candidates that fade softly into the clean backdrop.
 
     Candidates are cut at sharp edges (gradient above ``max_gradient``) and at
@@ -302,6 +309,11 @@ def soft_shadow_mask(lab: np.ndarray, candidates: np.ndarray, dist: np.ndarray, 
         y0, y1, x0, x1 = max(0, y - pad), min(h, y + hh + pad), max(0, x - pad), min(w, x + ww + pad)
         sl = (slice(y0, y1), slice(x0, x1))
         piece = labels[sl] == i
+        if soft_count[i] >= whole_soft_share * rim_count[i]:
+            # Fades into the backdrop almost all round: a shadow, whole (splitting a flat
+            # piece would hand much of it to the product's seeds).
+            shadow[sl] |= piece
+            continue
         part = split_shadow_piece(piece, grad[sl], near[sl] == i, soft_rim[sl], sharp[sl],
                                   object_colour[sl], backdrop[sl], near_k)
         if soft_count[i] < min_soft_share * rim_count[i]:
@@ -525,15 +537,12 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
     lab = rgb_to_lab(image)
     if backdrop == "clusters":
         model, dist, thr = choose_box_backdrop(lab, ring, focus if focus is not None else ~ring)
-    else:
-        model = fit_background(lab, ring)
-        dist = background_distance(lab, model)
-        thr = adaptive_threshold(model)
-    if backdrop == "clusters":
         # Against a patchwork of room colours "darker backdrop" is no evidence of shadow.
         shadow = np.zeros((h, w), dtype=bool)
     else:
-        shadow = soft_shadow_mask(lab, shadow_candidates(image, model, dist, thr), dist, thr)
+        model = fit_background(lab, ring)
+        dist = background_distance(lab, model)
+        thr, shadow = _studio_threshold_and_shadow(image, lab, model, dist)
     if use_grabcut:
         labels = initial_trimap(dist, thr, shadow, band=max(3, int(round(0.02 * max(h, w)))))
         if backdrop == "clusters" and focus is not None:
@@ -547,6 +556,62 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
     contrast = float(np.median(dist[mask])) if mask.any() else 0.0
     score = float(model.inlier_fraction * min(1.0, contrast / (4.0 * thr)))
     return mask, score
+
+
+def _studio_threshold_and_shadow(image: np.ndarray, lab: np.ndarray, model: BackgroundModel,
+                                 dist: np.ndarray) -> tuple[float, np.ndarray]:
+    """Object threshold and soft-shadow mask for a studio backdrop.
+
+    A clean sweep is modelled to a fraction of a ΔE, so a product a few ΔE off
+    the backdrop (white on white, a backdrop tinted like the product) is told
+    apart with the low ``STUDIO_MIN_THRESHOLD``, and at that threshold a
+    product's silhouette reads as a step, so its shading is not taken for
+    shadow.  A contact shadow boxed in by legs, though, has little soft rim
+    left at the low threshold; at the conservative :data:`MIN_THRESHOLD` its
+    penumbra is soft again.  Those conservative pieces (which also take a
+    product's own smooth shading more readily) are added only where a contact
+    shadow lies: well under the object's centre.
+    """
+    thr = adaptive_threshold(model, floor=STUDIO_MIN_THRESHOLD)
+    shadow = soft_shadow_mask(lab, shadow_candidates(image, model, dist, thr), dist, thr)
+    strict = adaptive_threshold(model)
+    if strict <= thr:
+        return thr, shadow
+    boxed_in = soft_shadow_mask(lab, shadow_candidates(image, model, dist, strict), dist, strict) & ~shadow
+    shadow |= _pieces_under_the_object(boxed_in, (dist >= thr) & ~shadow & ~boxed_in)
+    return thr, shadow | compression_halo(dist, thr, strict)
+
+
+def compression_halo(dist: np.ndarray, threshold: float, strict: float, reach: int = 2,
+                     ratio: float = 0.3) -> np.ndarray:
+    """Faint pixels on the backdrop side of a strong edge: JPEG ringing and chroma bleed.
+
+    A low threshold also catches the 1–2 px fringe that compression smears
+    around a contrasted silhouette.  Such a pixel is only faintly off the
+    backdrop (under ``strict``), far fainter than the edge within ``reach``
+    px (under ``ratio`` of its distance) and next to clean backdrop.
+    """
+    size = 2 * reach + 1
+    local_max = cv2.dilate(dist.astype(np.float32), np.ones((size, size), np.uint8))
+    clean = cv2.dilate((dist < threshold).astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+    return (dist >= threshold) & (dist < strict) & (dist < ratio * local_max) & clean
+
+
+def _pieces_under_the_object(pieces: np.ndarray, obj: np.ndarray, below: float = 0.25) -> np.ndarray:
+    """Connected ``pieces`` whose centre lies in the bottom part of ``obj``'s extent, under its bulk.
+
+    A contact shadow spreads on the floor under a product, so its centre is
+    lower than the product's centre by ``below`` of the product's height or more.
+    """
+    if not pieces.any() or not obj.any():
+        return np.zeros_like(pieces)
+    ys = np.nonzero(obj)[0]
+    top, bottom, centre = ys.min(), ys.max(), ys.mean()
+    cut = centre + below * (bottom - top)
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(pieces.astype(np.uint8), connectivity=8)
+    keep = centroids[:, 1] >= cut
+    keep[0] = False
+    return keep[labels]
 
 
 def centre_focus(shape: tuple[int, int], fraction: float = 0.5) -> np.ndarray:
@@ -565,7 +630,8 @@ class ClassicalSegmenter:
     scaled back up (the matting stage refines the edge at full resolution).
     """
 
-    segmenter_id = "classical:border-lab-v1"
+    # v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's).
+    segmenter_id = "classical:border-lab-v2"
 
     def __init__(self, settings: Settings | None = None, use_grabcut: bool = True) -> None:
         self.settings = settings

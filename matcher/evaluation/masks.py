@@ -172,6 +172,20 @@ def _summarise(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _contact_shadow_key(row: dict[str, Any]) -> str:
+    """``"yes"``/``"no"`` from the row's optional ``contact_shadow`` flag, ``"(none)"`` when absent."""
+    value = row.get("contact_shadow")
+    return "(none)" if value is None else ("yes" if value else "no")
+
+
+def _summarise_by(items: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """One :func:`_summarise` per value of ``key`` (category, backdrop type, contact shadow)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        groups[str(it[key])].append(it)
+    return {name: _summarise(group) for name, group in sorted(groups.items())}
+
+
 def evaluate_catalog_masks(dataset_root: Path, segmenter, settings: Settings, limit: int | None = None,
                            progress: bool = True) -> dict[str, Any]:
     """Segment and cut out every catalog product and compare with its ground-truth matte.
@@ -184,7 +198,9 @@ def evaluate_catalog_masks(dataset_root: Path, segmenter, settings: Settings, li
     the matting's benefit shows.  Items whose photo or matte cannot be read
     are listed under ``"failed"`` with the reason and left out of the means.
 
-    Returns a JSON-serialisable dict: ``overall`` and ``per_category`` summaries
+    Returns a JSON-serialisable dict: ``overall``, ``per_category``,
+    ``per_background`` (the row's optional backdrop type) and
+    ``per_contact_shadow`` (``yes``/``no``/``(none)``) summaries
     (``n, mean_iou, median_iou, boundary_f1, alpha_sad, binary_sad, alpha_mse,
     binary_mse, leakage_rate, leakage_count, mask_fail, flagged_leakage,
     seconds_per_image``), ``worst`` (10 lowest IoU), ``items`` (one row per
@@ -243,6 +259,8 @@ def evaluate_catalog_masks(dataset_root: Path, segmenter, settings: Settings, li
             "line": line_no,
             "sku": sku,
             "category": row.get("category") or "(none)",
+            "background": row.get("background") or "(none)",
+            "contact_shadow": _contact_shadow_key(row),
             "iou": round(mask_iou(pred, gt_bin), 5),
             "boundary_f1": round(boundary_f1(pred, gt_bin), 5),
             "alpha_sad": round(alpha_sad(cutout.alpha, gt_alpha), 4),
@@ -258,16 +276,16 @@ def evaluate_catalog_masks(dataset_root: Path, segmenter, settings: Settings, li
             "seconds": round(seconds, 4),
         })
 
-    by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
-        by_category[it["category"]].append(it)
     worst = sorted(items, key=lambda it: it["iou"])[:10]
     return {
         "dataset": str(root),
         "segmenter": getattr(segmenter, "segmenter_id", type(segmenter).__name__),
         "overall": _summarise(items),
-        "per_category": {name: _summarise(group) for name, group in sorted(by_category.items())},
-        "worst": [{k: it[k] for k in ("sku", "category", "iou", "boundary_f1", "leaking", "fail_reason", "flags")}
+        "per_category": _summarise_by(items, "category"),
+        "per_background": _summarise_by(items, "background"),
+        "per_contact_shadow": _summarise_by(items, "contact_shadow"),
+        "worst": [{k: it[k] for k in ("sku", "category", "background", "contact_shadow", "iou", "boundary_f1",
+                                      "leaking", "fail_reason", "flags")}
                   for it in worst],
         "failed": failed,
         "items": items,

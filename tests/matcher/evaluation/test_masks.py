@@ -92,7 +92,7 @@ def test_leakage_detector():
     assert not is_leaking(np.zeros(shape, bool), gt)
 
 
-def _write_dataset(root, items):
+def _write_dataset(root, items, extras=None):
     (root / "catalog" / "images").mkdir(parents=True)
     (root / "catalog" / "alpha").mkdir(parents=True)
     lines = []
@@ -100,7 +100,7 @@ def _write_dataset(root, items):
         if rgb is not None:
             Image.fromarray(rgb).save(root / "catalog" / "images" / f"{name}.jpg", quality=95)
             Image.fromarray(alpha).save(root / "catalog" / "alpha" / f"{name}.png")
-        lines.append(json.dumps({"sku": f"test/{name}", "category": category,
+        lines.append(json.dumps({"sku": f"test/{name}", "category": category, **(extras or {}).get(name, {}),
                                  "image": f"catalog/images/{name}.jpg", "alpha": f"catalog/alpha/{name}.png"}))
     (root / "catalog" / "products.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -119,7 +119,8 @@ def test_evaluate_catalog_masks_small_dataset(tmp_path):
     a_rgb, a_alpha = _product()
     b_rgb, b_alpha = _product(colour=(150, 60, 40), box=(20, 50, 140, 110))
     _write_dataset(tmp_path, [("a", "Office", a_rgb, a_alpha), ("b", "Kitchen", b_rgb, b_alpha),
-                              ("missing", "Kitchen", None, None)])
+                              ("missing", "Kitchen", None, None)],
+                   extras={"a": {"background": "white", "contact_shadow": True}})
     settings = Settings()
     seg = registry.create("segmenter", "classical", settings)
     report = evaluate_catalog_masks(tmp_path, seg, settings, progress=False)
@@ -128,6 +129,12 @@ def test_evaluate_catalog_masks_small_dataset(tmp_path):
     assert len(report["failed"]) == 1 and report["failed"][0]["sku"] == "test/missing"
     assert "not found" in report["failed"][0]["reason"]
     assert set(report["per_category"]) == {"Office", "Kitchen"}
+    # The bench's optional backdrop and contact-shadow keys group the figures too; rows without them
+    # are counted as "(none)".
+    assert {k: v["n"] for k, v in report["per_background"].items()} == {"white": 1, "(none)": 1}
+    assert {k: v["n"] for k, v in report["per_contact_shadow"].items()} == {"yes": 1, "(none)": 1}
+    assert {(w["sku"], w["background"], w["contact_shadow"]) for w in report["worst"]} == {
+        ("test/a", "white", "yes"), ("test/b", "(none)", "(none)")}
     assert report["overall"]["mean_iou"] > 0.97
     assert report["overall"]["leakage_rate"] == 0.0 and report["overall"]["mask_fail"] == 0
     for key in ("median_iou", "boundary_f1", "alpha_sad", "binary_sad", "alpha_mse", "seconds_per_image"):
