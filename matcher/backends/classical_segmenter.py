@@ -481,6 +481,24 @@ def select_components(mask: np.ndarray, dist: np.ndarray, threshold: float, focu
     return keep[labels]
 
 
+def faint_border_regions(mask: np.ndarray, dist: np.ndarray, strict: float) -> np.ndarray:
+    """Faint parts of ``mask`` (backdrop distance under ``strict``) connected to the image border.
+
+    The frame's edge of a studio shot is backdrop: a faint region reaching it
+    is the sweep's unmodelled falloff (a dark backdrop's vignette), even where
+    it runs into the product, which keeps its clearly visible parts.
+    """
+    faint = (mask & (dist < strict)).astype(np.uint8)
+    n, labels = cv2.connectedComponents(faint, connectivity=4)
+    if n <= 1:
+        return np.zeros_like(mask)
+    ids = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    touching = np.zeros(n, dtype=bool)
+    touching[ids] = True
+    touching[0] = False
+    return touching[labels]
+
+
 def backdrop_like(dist: np.ndarray, threshold: float) -> np.ndarray:
     """Pixels that look like backdrop: within the threshold, or under half the local contrast.
 
@@ -551,6 +569,8 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
         mask = grabcut_refine(image, labels) & ~shadow
     else:
         mask = (dist >= thr) & ~shadow
+    if backdrop != "clusters":
+        mask &= ~faint_border_regions(mask, dist, adaptive_threshold(model))
     mask = select_components(mask, dist, thr, focus=focus)
     mask = fill_holes(mask, dist, thr)
     contrast = float(np.median(dist[mask])) if mask.any() else 0.0
