@@ -23,7 +23,9 @@ Pipeline (each step a pure function below; :class:`ClassicalSegmenter` wires the
    object) on a crop around the candidate; shadow is probable backdrop and
    clean backdrop is fixed, so GrabCut can neither glue gaps shut nor keep
    the shadow.
-5. ``select_components``: drops specks and border-touching pieces that look
+5. ``faint_border_regions`` (studio shots): faint mask regions that reach
+   the frame's edge are the sweep's falloff and go.
+   ``select_components``: drops specks and border-touching pieces that look
    like backdrop, keeps the main (central) component and every other
    sizeable or nearby piece (chair legs behind a thin gap, a lamp's shade).
 6. ``fill_holes``: fills enclosed holes unless they look like backdrop (the
