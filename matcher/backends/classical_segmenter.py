@@ -492,13 +492,15 @@ def faint_border_regions(mask: np.ndarray, dist: np.ndarray, strict: float) -> n
     """
     faint = (mask & (dist < strict)).astype(np.uint8)
     n, labels = cv2.connectedComponents(faint, connectivity=4)
-    if n <= 1:
-        return np.zeros_like(mask)
-    ids = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     touching = np.zeros(n, dtype=bool)
-    touching[ids] = True
+    touching[_border_label_ids(labels)] = True
     touching[0] = False
     return touching[labels]
+
+
+def _border_label_ids(labels: np.ndarray) -> np.ndarray:
+    """The component labels that occur on the outermost rows and columns of a label map."""
+    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
 
 
 def backdrop_like(dist: np.ndarray, threshold: float) -> np.ndarray:
@@ -527,7 +529,7 @@ def fill_holes(mask: np.ndarray, dist: np.ndarray, threshold: float, max_backdro
     inv = (~mask).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
     out = mask.copy()
-    border_ids = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    border_ids = set(_border_label_ids(labels).tolist())
     bg_like = backdrop_like(dist, threshold)
     for i in range(1, n):
         if i in border_ids:
