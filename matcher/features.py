@@ -44,6 +44,7 @@ FEATURE_NAMES = (
     "cosine_rank",  # 0 for the ANN's best hit, 1 for its last
     "cosine_gap",  # this cosine minus the best cosine in the list (<= 0)
     "cosine_colour",  # cosine of the embedding's colour part (embedders with parts only)
+    "cosine_deep",  # the pretrained network's part (effnet)
     "cosine_texture",
     "cosine_shape",
     "delta_e_gap",  # best (lowest) ΔE in the list minus this one (<= 0)
@@ -51,14 +52,15 @@ FEATURE_NAMES = (
     "aspect_agreement_gap",
     "fill_agreement_gap",
     "cosine_colour_gap",
+    "cosine_deep_gap",
     "cosine_texture_gap",
     "cosine_shape_gap",
 )
 # Part cosines, in display order; an embedder's ``parts`` use these names (without "cosine_").
-PART_FEATURES = ("cosine_colour", "cosine_texture", "cosine_shape")
+PART_FEATURES = ("cosine_deep", "cosine_colour", "cosine_texture", "cosine_shape")
 # Features compared across the candidate list, with the direction in which they are better.
 LIST_FEATURES = {"delta_e": -1, "silhouette_iou": 1, "aspect_agreement": 1, "fill_agreement": 1,
-                 "cosine_colour": 1, "cosine_texture": 1, "cosine_shape": 1}
+                 "cosine_deep": 1, "cosine_colour": 1, "cosine_texture": 1, "cosine_shape": 1}
 
 
 @dataclass(frozen=True)

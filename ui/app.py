@@ -33,9 +33,10 @@ TOP_K = 5
 BAND_LABELS = {"any": "any score", "high": "high (≥ 0.75)", "medium": "medium (0.5–0.75)", "low": "low (< 0.5)",
                "none": "no candidates"}
 QUEUE_PAGE = 50  # detections listed per queue page
-FEATURE_LABELS = (("cosine", "cos", "{:.3f}"), ("cosine_colour", "colour", "{:.2f}"), ("cosine_texture", "texture", "{:.2f}"),
-                  ("cosine_shape", "shape", "{:.2f}"), ("delta_e", "ΔE", "{:.1f}"), ("silhouette_iou", "sil. IoU", "{:.2f}"),
-                  ("aspect_agreement", "aspect", "{:.2f}"), ("fill_agreement", "fill", "{:.2f}"))
+FEATURE_LABELS = (("cosine", "cos", "{:.3f}"), ("cosine_deep", "deep", "{:.2f}"), ("cosine_colour", "colour", "{:.2f}"),
+                  ("cosine_texture", "texture", "{:.2f}"), ("cosine_shape", "shape", "{:.2f}"), ("delta_e", "ΔE", "{:.1f}"),
+                  ("silhouette_iou", "sil. IoU", "{:.2f}"), ("aspect_agreement", "aspect", "{:.2f}"),
+                  ("fill_agreement", "fill", "{:.2f}"))
 
 
 # --- shared resources --------------------------------------------------------------------------------

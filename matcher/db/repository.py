@@ -97,6 +97,10 @@ def missing_in_space(session: Session, space: EmbeddingSpace) -> int:
     ) or 0)
 
 
+def space_by_name(session: Session, name: str) -> EmbeddingSpace | None:
+    return session.scalar(select(EmbeddingSpace).where(EmbeddingSpace.name == name))
+
+
 def active_space(session: Session, embedder_id: str | None = None, segmenter_id: str | None = None) -> EmbeddingSpace | None:
     query = select(EmbeddingSpace).where(EmbeddingSpace.status == "active")
     if embedder_id:
@@ -408,9 +412,11 @@ def decisions_since(session: Session, since: datetime | None) -> int:
     return int(session.scalar(query) or 0)
 
 
-def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]:
-    """(photo key, candidate features, labels) for every detection with a live approve/reject decision."""
-    from .models import CandidateRow, Decision, DetectionRow
+def decision_groups(session: Session, space_id: int | None = None) -> list[tuple[str, list[dict], list[int]]]:
+    """(photo key, candidate features, labels) for every detection with a live approve/reject decision.
+
+    ``space_id``: only queries answered in that embedding space (cosines of two models do not mix)."""
+    from .models import CandidateRow, Decision, DetectionRow, Query
 
     from sqlalchemy.dialects.postgresql import distinct_on
 
@@ -421,12 +427,15 @@ def decision_groups(session: Session) -> list[tuple[str, list[dict], list[int]]]
         .order_by(Decision.detection_id, Decision.created_at.desc())
         .subquery()
     )
-    rows = session.execute(
+    query = (
         select(DetectionRow.query_id, latest.c.detection_id, latest.c.product_id, CandidateRow.product_id, CandidateRow.features)
         .join(latest, latest.c.detection_id == DetectionRow.id)
         .join(CandidateRow, CandidateRow.detection_id == DetectionRow.id)
         .order_by(latest.c.detection_id, CandidateRow.rank)
-    ).all()
+    )
+    if space_id is not None:
+        query = query.join(Query, Query.id == DetectionRow.query_id).where(Query.space_id == space_id)
+    rows = session.execute(query).all()
     groups: dict[int, tuple[str, list[dict], list[int]]] = {}
     for query_id, detection_id, approved, candidate_product, features in rows:
         key, feats, labels = groups.setdefault(detection_id, (str(query_id), [], []))

@@ -67,3 +67,31 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             rel = Path(ex["png"]).relative_to(path.parent) if Path(ex["png"]).is_relative_to(path.parent) else ex["png"]
             lines += [f"**{ex['scene']}**: `{ex['sku']}`", "", f"![example]({rel})", ""]
     path.write_text("\n".join(lines))
+
+
+def comparison_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per model: recall, category recall, embedding time, index throughput, re-ranker lift."""
+    rows = []
+    for model, r in report["models"].items():
+        split = ((r.get("reranker") or {}).get("trained_on_split") or {})
+        check = split.get("split_check") or {}
+        lift = (f"{check['lift_recall@1_mean']:+.3f} / {check['lift_recall@1_min']:+.3f}"
+                if "lift_recall@1_mean" in check else "-")
+        throughput = r["index"]["products_per_s"]
+        rows.append([model, f"{r['recall@1']:.3f}", f"{r['recall@5']:.3f}", f"{r['recall@10']:.3f}",
+                     f"{r['category_recall@5']:.3f}", f"{r['embed_ms_per_image']:.1f}" if r["embed_ms_per_image"] else "-",
+                     f"{throughput:.2f}" if throughput else "already indexed", lift])
+    return rows
+
+
+COMPARISON_HEADER = ["model", "recall@1", "recall@5", "recall@10", "category recall@5", "embed ms/image",
+                     "index products/s", "re-ranker lift r@1 (mean / worst split)"]
+
+
+def write_comparison_markdown(report: dict[str, Any], path: Path) -> None:
+    lines = [f"# Embedders compared: {report['dataset']}", "",
+             f"Scenes: {report['scenes']}; {report['query_cutouts']} query cutouts (ground-truth boxes, the pipeline's "
+             "own masks and mattes), the same for every model; ranking by cosine.", "",
+             "| " + " | ".join(COMPARISON_HEADER) + " |", "|" + "---|" * len(COMPARISON_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(report)]
+    path.write_text("\n".join(lines) + "\n")

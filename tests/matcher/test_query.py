@@ -71,9 +71,9 @@ def test_match_with_boxes_prints_candidates_with_feature_breakdowns(indexed, mon
         assert Path(det["cutout_path"]).is_file() and Path(det["mask_path"]).is_file()
         assert len(det["candidates"]) == 3
         top = det["candidates"][0]
-        # The classical embedder declares colour/texture/shape parts, so every feature is there.
-        assert set(top["features"]) == set(FEATURE_NAMES)
-        assert all(c["features"][n] <= 0 for c in det["candidates"] for n in FEATURE_NAMES if n.endswith("_gap"))
+        # The classical embedder declares colour/texture/shape parts: every feature but the pretrained part is there.
+        assert set(top["features"]) == set(FEATURE_NAMES) - {"cosine_deep", "cosine_deep_gap"}
+        assert all(c["features"][n] <= 0 for c in det["candidates"] for n in top["features"] if n.endswith("_gap"))
         assert "cosine" in top["explanation"] and "colour" in top["explanation"]
         # Easy, unoccluded objects: the right product must be among the top 3.
         assert ann["sku"] in [c["sku"] for c in det["candidates"]]

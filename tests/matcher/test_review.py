@@ -96,6 +96,8 @@ def test_decisions_record_reviewer_and_reranker_version_and_become_training_data
                       "pairs": len(first.candidates) + len(second.candidates)}
     groups = service.labelled_groups_from_decisions(settings)
     assert sorted(sum(g.labels) for g in groups) == [0, 1]
+    # Decisions belong to the space their query was answered in: another model's space has none.
+    assert service.labelled_groups_from_decisions(settings, space_id=_engine.space.id + 1000) == []
     progress = {p.reviewer: p for p in review.reviewer_progress(settings)}
     assert progress["alice"].approved == 1 and progress["bob"].rejected_all == 1
     assert review.queue_size(settings) == 0

@@ -23,6 +23,7 @@ from matcher.db.engine import get_engine
 from matcher.db.models import Cutout, Embedding, EmbeddingSpace, IndexEvent, IndexRun, Product
 from matcher.indexing import IndexLockedError, run_index
 from matcher.query import QueryEngine
+from matcher.rerank import FORMULA_VERSION
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -123,7 +124,7 @@ def test_sigkill_mid_run_then_rerun_finishes_with_nothing_lost_or_duplicated(ben
     catalog, rows = _catalog(bench_dir, tmp_path, n)
     run_index(catalog, db_settings, progress=False, limit=0)  # create the schema first
     env = {**os.environ, "MATCHER_DATABASE_URL": db_settings.database_url, "MATCHER_DATA_DIR": str(db_settings.data_dir),
-           "MATCHER_BATCH_SIZE": "2"}
+           "MATCHER_BATCH_SIZE": "2", "MATCHER_BACKEND": db_settings.backend}
     process = subprocess.Popen([sys.executable, "-m", "matcher.cli", "reindex", str(catalog), "--no-progress"],
                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     engine = get_engine(db_settings)
@@ -186,3 +187,36 @@ def test_switching_models_keeps_search_on_the_old_space_until_the_new_one_is_com
         repo.drop_space(session, old.id)
         session.commit()
         assert session.scalar(select(func.count()).select_from(Embedding).where(Embedding.space_id == old.id)) == 0
+
+
+def test_switching_to_the_pretrained_default_answers_from_the_classical_space_until_complete(bench_dir, tmp_path,
+                                                                                             db_settings):
+    from matcher.types import Box
+
+    catalog, rows = _catalog(bench_dir, tmp_path, 3)
+    _reindex(catalog, db_settings)  # the classical tier
+    photo = tmp_path / rows[0]["image"]
+    width, height = Image.open(photo).size
+    whole = [Box(0, 0, width, height)]
+
+    with Session(get_engine(db_settings)) as session, session.begin():  # a re-ranker trained in the classical space
+        classical_space = repo.active_space(session).name
+        repo.save_reranker(session, version="hgb-classical", kind="formula", feature_names=["cosine"], model=None,
+                           metrics={"space": classical_space}, activate=True)
+
+    effnet_settings = db_settings.model_copy(update={"backend": "effnet", "device": "cpu"})
+    partial = run_index(catalog, effnet_settings, progress=False, limit=2)  # an interrupted switch, in effect
+    assert partial.counts["reembedded"] == 2 and not partial.space_active
+    engine = QueryEngine(effnet_settings)
+    assert engine.embedder.model_id.startswith("classical:")  # search still answered from the old, complete space
+    assert engine.reranker.version == "hgb-classical"
+    assert engine.match(photo, boxes=whole, store=False).objects[0].candidates[0].sku == rows[0]["sku"]
+
+    complete = _reindex(catalog, effnet_settings)
+    assert complete.counts["reembedded"] == 1 and complete.space_active
+    engine = QueryEngine(effnet_settings)
+    assert engine.embedder.model_id.startswith("effnet:lite0:") and engine.space.dim == 1536
+    assert engine.reranker.version == FORMULA_VERSION  # the classical space's re-ranker does not rank effnet cosines
+    candidates = engine.match(photo, boxes=whole, store=False).objects[0].candidates
+    assert candidates[0].sku == rows[0]["sku"] and len(candidates) == 3
+    assert {"cosine_deep", "cosine_colour"} <= set(candidates[0].features)  # the parts reach the re-ranker
