@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -86,13 +85,3 @@ def test_foreground_estimate_against_grey():
     obj = (np.abs(img.astype(int) - 128).max(axis=2) > 0)
     assert hard[obj].mean() > 0.97 and not hard[:, :10].any()
     assert soft.dtype == np.float32 and 0.0 <= soft.min() and soft.max() <= 1.0
-
-
-def test_fast_enough(emb: ClassicalEmbedder):
-    img = cutout()
-    emb.embed_one(img)
-    start = time.perf_counter()
-    for _ in range(10):
-        emb.embed_one(img)
-    per_image = (time.perf_counter() - start) / 10
-    assert per_image < 0.06  # target is < 20 ms on a free core; generous for a loaded CI machine
