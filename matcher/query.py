@@ -27,7 +27,7 @@ from .db.migrate import upgrade
 from .fusion import FusionConfig, fuse_detections
 from .features import ShapeSummary, add_list_features, candidate_features, part_cosines, shape_summary
 from .imageio import load_image
-from .rerank import FORMULA, Reranker, explain
+from .rerank import FORMULA, Reranker, UnsafeModelError, explain
 from .settings import Settings
 from .types import Box, Candidate, Cutout, Detection, LabColor, LoadedImage
 
@@ -135,7 +135,11 @@ class QueryEngine:
             log.info("re-ranker %s was trained in space %s, not %s: ranking by cosine", row.version,
                      (row.metrics or {}).get("space"), self.space.name)
             return FORMULA
-        return Reranker.from_bytes(row.version, row.kind, row.model, row.feature_names, row.metrics)
+        try:
+            return Reranker.from_bytes(row.version, row.kind, row.model, row.feature_names, row.metrics)
+        except UnsafeModelError as exc:  # searching still works, by cosine; the operator sees why in the log
+            log.error("%s; ranking by cosine", exc)
+            return FORMULA
 
     def reload_reranker(self) -> None:
         with Session(self.engine) as session:

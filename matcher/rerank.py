@@ -31,13 +31,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Sequence
 
-import joblib
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .features import FEATURE_NAMES, LIST_FEATURES, PART_FEATURES, feature_matrix
 
 FORMULA_VERSION = "cosine-v1"
+# Stored models are skops files: loading one builds only these types beyond skops' own safe set, so a
+# crafted database row cannot run code (a pickle could). Anything else in a file is refused.
+TRUSTED_MODEL_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+
+
+class UnsafeModelError(ValueError):
+    """A stored re-ranker is not a skops file of the allowed types (an old pickle, or something crafted)."""
 MONOTONIC = {"cosine": 1, "delta_e": -1, "silhouette_iou": 1, "aspect_agreement": 1, "fill_agreement": 1,
              "category_agreement": 1, "cosine_rank": -1, "cosine_gap": 1,
              **{name: 1 for name in PART_FEATURES},
@@ -64,17 +70,37 @@ class Reranker:
         return self.model.predict_proba(feature_matrix(rows, self.feature_names))[:, 1]
 
     def to_bytes(self) -> bytes | None:
-        if self.model is None:
-            return None
-        buffer = io.BytesIO()
-        joblib.dump(self.model, buffer)
-        return buffer.getvalue()
+        import skops.io
+
+        return None if self.model is None else skops.io.dumps(self.model)
 
     @classmethod
     def from_bytes(cls, version: str, kind: str, data: bytes | None, feature_names: Sequence[str],
                    metrics: dict | None = None) -> "Reranker":
-        model = joblib.load(io.BytesIO(data)) if data else None
+        model = load_model(version, data) if data else None
         return cls(version=version, kind=kind, model=model, metrics=metrics or {}, feature_names=tuple(feature_names))
+
+
+def load_model(version: str, data: bytes) -> HistGradientBoostingClassifier:
+    """A stored model, built without unpickling: skops format and allow-listed types only."""
+    import zipfile
+
+    import skops.io
+
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise UnsafeModelError(f"re-ranker {version} is not a skops file (older versions stored pickles, which can run "
+                               "code when loaded), so it is not loaded; train a new one with `matcher rerank train`")
+    try:
+        untrusted = set(skops.io.get_untrusted_types(data=data))
+    except Exception as exc:  # noqa: BLE001 - a damaged or crafted file: refused, never half-loaded
+        raise UnsafeModelError(f"re-ranker {version} is not a readable skops file: {exc}") from exc
+    unexpected = sorted(untrusted - set(TRUSTED_MODEL_TYPES))
+    if unexpected:
+        raise UnsafeModelError(f"re-ranker {version} contains types that are not allowed: {', '.join(unexpected)}")
+    model = skops.io.loads(data, trusted=sorted(untrusted))
+    if not isinstance(model, HistGradientBoostingClassifier):
+        raise UnsafeModelError(f"re-ranker {version} holds a {type(model).__name__}, not a gradient-boosted model")
+    return model
 
 
 FORMULA = Reranker(version=FORMULA_VERSION, kind="formula")

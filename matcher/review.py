@@ -548,7 +548,12 @@ def save_upload(settings: Settings, filename: str, data: bytes) -> Path:
         raise UploadError(f"{shown}: the file is empty")
     if len(data) > limit:
         raise UploadError(f"{shown}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.1f} MB upload limit")
-    fmt = _sniff_format(data)
+    from PIL import Image
+
+    try:
+        fmt = _sniff_format(data)
+    except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far too many pixels for a photo
+        raise UploadError(f"{shown}: refused, too many pixels for a photo (a decompression bomb?)") from exc
     if fmt not in UPLOAD_FORMATS:
         raise UploadError(f"{shown}: not a JPEG, PNG or WebP photo" + (f" (it is {fmt})" if fmt else ""))
     try:

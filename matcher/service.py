@@ -218,12 +218,12 @@ def retrain_reranker_if_due(settings: Settings) -> dict[str, Any] | None:
 
 
 def reindex_catalog(catalog: str | Path, settings: Settings, *, since=None, workers: int = 1, progress: bool = True,
-                    executor: str = "process"):
+                    executor: str = "process", allow_mass_removal: bool = False):
     """The nightly run: index what changed, soft-delete what left the catalog, then retrain the re-ranker if due."""
     from .indexing import run_index
 
     report = run_index(catalog, settings, workers=workers, progress=progress, remove_missing=True, since=since,
-                       kind="reindex", executor=executor)
+                       kind="reindex", executor=executor, allow_mass_removal=allow_mass_removal)
     report.reranker = retrain_reranker_if_due(settings)
     return report
 

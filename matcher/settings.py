@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     sam_checkpoint: Path | None = Field(default=None, description="Local SAM checkpoint instead of the manifest file.")
     clip_checkpoint: Path | None = Field(default=None, description="Local open_clip checkpoint instead of the manifest file.")
     detector_checkpoint: Path | None = Field(default=None, description="Local detector .pt instead of the manifest file.")
+    trusted_weights: list[str] = Field(default_factory=list, description="sha256 digests of pickled checkpoints "
+                                       "(detector .pt files) the operator vouches for beyond the manifest's pins.")
     rtdetr_weights: str = "rtdetr-l"
     yoloworld_weights: str = "yolov8s-worldv2"
     detector_conf: float = 0.25
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch; unset = torch's default "
                                       "(OMP_NUM_THREADS, else the core count).")
-    batch_size: int = 16
+    batch_size: int = Field(default=16, ge=1)
 
     # Cutouts and matting.
     matting_max_side: int = 1024
@@ -65,11 +67,13 @@ class Settings(BaseSettings):
     dominant_colors: int = 4
 
     # Search.
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
-    ef_search: int = 100
-    top_n: int = 100
-    stored_candidates: int = 20  # per detection, for the review app
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    ef_search: int = Field(default=100, ge=1, le=1000)  # pgvector's hnsw.ef_search range
+    top_n: int = Field(default=100, ge=1, le=1000)
+    stored_candidates: int = Field(default=20, ge=1)  # per detection, for the review app
+    max_removal_share: float = Field(default=0.2, ge=0.0, le=1.0, description="A reindex that would remove more "
+                                     "of the live products than this is refused (without --allow-mass-removal).")
     retrain_min_decisions: int = 50  # new review decisions before the nightly run retrains the re-ranker
     # Review app (`matcher review`).
     review_secret: SecretStr | None = Field(default=None, description="Shared secret for name + secret sign-in.")

@@ -208,6 +208,25 @@ class MissingWeightsError(RuntimeError):
         super().__init__(message)
 
 
+class UntrustedWeightsError(RuntimeError):
+    """A pickled checkpoint (loading it can run code) whose sha256 nobody vouched for."""
+
+    def __init__(self, path: Path, digest: str) -> None:
+        self.path, self.digest = path, digest
+        super().__init__(
+            f"refusing to load {path}: it is a pickled checkpoint, which can run code when loaded, and its sha256 "
+            f"{digest} is neither pinned in the weights manifest nor listed in MATCHER_TRUSTED_WEIGHTS. If you trust "
+            f"this file, add its sha256 there (e.g. MATCHER_TRUSTED_WEIGHTS='[\"{digest}\"]').")
+
+
+def require_trusted(path: Path, pinned: str | None, trusted: Iterable[str]) -> str:
+    """The sha256 of ``path`` if it is pinned or operator-trusted; else :class:`UntrustedWeightsError`."""
+    digest = file_sha256(path)
+    if digest.lower() not in {d.lower() for d in (pinned, *trusted) if d}:
+        raise UntrustedWeightsError(Path(path), digest)
+    return digest
+
+
 class WeightsChecksumError(RuntimeError):
     """A weights file exists but its SHA-256 is not the pinned one."""
 

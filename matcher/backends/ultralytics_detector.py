@@ -145,11 +145,17 @@ class UltralyticsDetector:
     # --- construction ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_weights(cls, kind: str, path: str | Path, *, weights_name: str | None = None, **kwargs: Any) -> "UltralyticsDetector":
-        """Load a local ``.pt`` file (or an Ultralytics model ``.yaml`` for a randomly initialised model)."""
+    def from_weights(cls, kind: str, path: str | Path, *, weights_name: str | None = None,
+                     trusted_sha256: Sequence[str] = (), **kwargs: Any) -> "UltralyticsDetector":
+        """Load a local ``.pt`` file (or an Ultralytics model ``.yaml`` for a randomly initialised model).
+
+        Ultralytics unpickles ``.pt`` files, which can run code, so a ``.pt`` loads only when its sha256 is
+        one of ``trusted_sha256`` (the manifest's pin and the operator's ``MATCHER_TRUSTED_WEIGHTS``)."""
         path = Path(path)
         if path.suffix == ".pt" and not path.is_file():
             raise weights.MissingWeightsError(None, path, reason=f"detector weights file not found: {path}")
+        if path.suffix != ".yaml":
+            weights.require_trusted(path, None, trusted_sha256)
         model = _model_class(kind)(str(path))
         return cls(model, kind=kind, weights_name=weights_name or path.stem, **kwargs)
 
@@ -174,7 +180,9 @@ class UltralyticsDetector:
         )
         if kind == "yoloworld":
             kwargs["text_encoder_factory"] = _lazy_clip_text_encoder(settings)
-        return cls.from_weights(kind, resolved.path, weights_name=name, **kwargs)
+        pinned = weights.MANIFEST[name].sha256 if name in weights.MANIFEST else None
+        trusted = [d for d in (pinned, *getattr(settings, "trusted_weights", ())) if d]
+        return cls.from_weights(kind, resolved.path, weights_name=name, trusted_sha256=trusted, **kwargs)
 
     # --- open vocabulary ------------------------------------------------------------------------------------------
 

@@ -21,9 +21,20 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str:
-    """Bring the schema to ``revision``; returns the pgvector version in use."""
-    version = ensure_vector_extension(engine)
-    command.upgrade(alembic_config(engine.url.render_as_string(hide_password=False)), revision)
+    """Bring the schema to ``revision``; returns the pgvector version in use.
+
+    Every command upgrades on start, so several may do it at once on a fresh database: a Postgres
+    advisory lock makes them take turns (the later ones find the schema current and do nothing)."""
+    from .repository import release_migration_lock, wait_for_migration_lock
+
+    with engine.connect() as lock_connection:
+        wait_for_migration_lock(lock_connection)
+        try:
+            version = ensure_vector_extension(engine)
+            command.upgrade(alembic_config(engine.url.render_as_string(hide_password=False)), revision)
+        finally:
+            release_migration_lock(lock_connection)
+            lock_connection.commit()
     engine.dispose()
     return version
 

@@ -186,10 +186,13 @@ def accept_same_picture(session: Session, product_id: int, image_uri: str, image
     session.execute(update(Embedding).where(Embedding.product_id == product_id).values(image_sha256=image_sha256))
 
 
-def soft_delete_missing(session: Session, live_skus: set[str]) -> list[str]:
+def live_skus(session: Session) -> set[str]:
+    return set(session.scalars(select(Product.sku).where(Product.deleted_at.is_(None))))
+
+
+def soft_delete_missing(session: Session, listed_skus: set[str]) -> list[str]:
     """Products no longer in the catalog leave search (deleted_at) but keep their reviews and history."""
-    stored = set(session.scalars(select(Product.sku).where(Product.deleted_at.is_(None))))
-    gone = sorted(stored - live_skus)
+    gone = sorted(live_skus(session) - listed_skus)
     if gone:
         session.execute(update(Product).where(Product.sku.in_(gone)).values(deleted_at=func.now()))
     return gone
@@ -212,6 +215,19 @@ def try_index_lock(connection) -> bool:
 
 def release_index_lock(connection) -> None:
     connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": INDEX_LOCK_KEY})
+
+
+# Advisory lock key serialising schema migrations ("mtchmig"): several first commands may start at once.
+MIGRATION_LOCK_KEY = 0x6D7463686D6967
+
+
+def wait_for_migration_lock(connection) -> None:
+    """Blocks until no other process is migrating; session-level, released by :func:`release_migration_lock`."""
+    connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+
+
+def release_migration_lock(connection) -> None:
+    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
 
 
 def running_runs(session: Session) -> list[IndexRun]:
@@ -258,8 +274,13 @@ def finish_run(session: Session, run_id: int, counts: dict[str, int], status: st
         counts=counts, status=status, finished_at=_now(), duration_s=duration_s))
 
 
+def _storable(text_value: str | None) -> str | None:
+    """Postgres text cannot hold NUL: shown escaped instead (failure records must always be writable)."""
+    return None if text_value is None else text_value.replace("\x00", "\\x00")
+
+
 def record_failure(session: Session, run_id: int, line: int, sku: str | None, stage: str, reason: str) -> None:
-    session.add(IndexFailure(run_id=run_id, line=line, sku=sku, stage=stage, reason=reason[:2000]))
+    session.add(IndexFailure(run_id=run_id, line=line, sku=_storable(sku), stage=stage, reason=_storable(reason)[:2000]))
 
 
 def run_failures(session: Session, run_id: int) -> list[IndexFailure]:

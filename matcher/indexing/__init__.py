@@ -14,6 +14,6 @@ and item result types, ``prepare_item``, ``store_outcomes``, ``tally``), shared 
 """
 
 from .catalog import read_catalog
-from .job import EXECUTORS, IndexLockedError, IndexReport, run_index
+from .job import EXECUTORS, IndexLockedError, IndexReport, MassRemovalError, run_index
 
-__all__ = ["EXECUTORS", "IndexLockedError", "IndexReport", "read_catalog", "run_index"]
+__all__ = ["EXECUTORS", "IndexLockedError", "IndexReport", "MassRemovalError", "read_catalog", "run_index"]

@@ -40,8 +40,13 @@ def read_catalog(path: str | Path) -> tuple[list[CatalogRow], list[CatalogError]
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:  # reported, never stored as replacement characters
+                yield line_no, f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+                continue
             if not line.strip():
                 continue
             try:
@@ -53,7 +58,11 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"catalog {path} is not UTF-8 (byte {exc.start + 1}): re-export it as UTF-8") from exc
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         for record in reader:
             if None in record:  # more cells than header columns
@@ -85,11 +94,28 @@ def _first(record: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
 
 
+def _nul_field(value: Any, name: str = "") -> str | None:
+    """The name of the first key or text holding a NUL character (Postgres text cannot store one)."""
+    if isinstance(value, str):
+        return name if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = (str(key) if "\x00" in str(key) else None) or _nul_field(item, str(key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        return next((found for item in value if (found := _nul_field(item, name)) is not None), None)
+    return None
+
+
 def _row_from_record(line_no: int, record: dict[str, Any], base: Path) -> CatalogRow | CatalogError:
     sku = record.get("sku")
     if not isinstance(sku, (str, int)) or str(sku).strip() == "":
         return CatalogError(line_no, None, "catalog", "missing sku")
     sku = str(sku).strip()
+    if (field := _nul_field(record)) is not None:  # that row's failure, never the run's
+        return CatalogError(line_no, None if "\x00" in sku else sku, "catalog",
+                            f"field {field.replace(chr(0), '?')!r} contains a NUL character")
     image = _first(record, IMAGE_KEYS)
     if not isinstance(image, str) or not image.strip():
         return CatalogError(line_no, sku, "catalog", f"missing image (one of {', '.join(IMAGE_KEYS)})")

@@ -29,6 +29,8 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
@@ -59,6 +61,10 @@ EXECUTORS = ("process", "ray")
 
 class IndexLockedError(RuntimeError):
     """Another index run holds the lock."""
+
+
+class MassRemovalError(RuntimeError):
+    """The catalog would remove more live products than ``max_removal_share`` allows (an empty or cut export?)."""
 
 
 @dataclass
@@ -95,8 +101,25 @@ def _executor(workers: int, settings: Settings, segmenter_name: str, segmenter) 
         set_worker(settings, segmenter)
         return _InlineExecutor()
     context = multiprocessing.get_context("spawn")  # torch and numba are not fork-safe
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
-                               initargs=(settings, segmenter_name))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_pool_worker,
+                               initargs=(os.getpid(), settings, segmenter_name))
+
+
+def _init_pool_worker(parent_pid: int, settings: Settings, segmenter_name: str) -> None:
+    die_with_parent(parent_pid)
+    init_worker(settings, segmenter_name)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when its parent dies, even by ``kill -9`` (a pool worker holds ~450 MB
+    and must not outlive the run). Elsewhere a no-op beyond the check that the parent is still there."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _ordered_results(executor: Executor, items: list[WorkItem], window: int) -> Iterator[Outcome]:
@@ -143,8 +166,11 @@ def exclusive_index_lock(engine: Engine) -> Iterator[None]:
 
 def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = None, workers: int = 1,
               progress: bool = True, remove_missing: bool = False, since: datetime | None = None,
-              kind: str = "index", executor: str = "process") -> IndexReport:
-    """``executor``: "process" (a local process pool, the default) or "ray" (Ray Data actors; see ``ray_runner``)."""
+              kind: str = "index", executor: str = "process", allow_mass_removal: bool = False) -> IndexReport:
+    """``executor``: "process" (a local process pool, the default) or "ray" (Ray Data actors; see ``ray_runner``).
+
+    With ``remove_missing``, a catalog that would soft-delete more than ``settings.max_removal_share`` of the
+    live products raises :class:`MassRemovalError` before anything is written, unless ``allow_mass_removal``."""
     started = time.perf_counter()
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
@@ -163,6 +189,8 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
 
     with exclusive_index_lock(engine):
         with Session(engine) as session, session.begin():
+            if remove_missing and not allow_mass_removal:
+                _refuse_mass_removal(session, catalog, rows, catalog_errors, limit, settings.max_removal_share)
             stale = [r.id for r in repo.running_runs(session)]
             repo.mark_interrupted(session, stale)
             space = repo.get_or_create_space(session, embedder.model_id, segmenter.segmenter_id, embedder.dim,
@@ -197,16 +225,28 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
         finally:
             counts["failed"] = len(failures)
             report.seconds = time.perf_counter() - started
-            with Session(engine) as session, session.begin():
-                for failure in failures:
-                    repo.record_failure(session, run_id, failure.line, failure.sku, failure.stage, failure.reason)
-                repo.finish_run(session, run_id, counts, status, report.seconds)
+            _finish_run(engine, run_id, failures, counts, status, report.seconds)
         report.space_active = _activate_if_complete(engine, space) if status == "done" else False
         if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
             with Session(engine) as session, session.begin():
                 repo.analyze_index_tables(session)
     report.counts, report.failures = counts, failures
     return report
+
+
+def _finish_run(engine: Engine, run_id: int, failures: list[CatalogError], counts: dict[str, int], status: str,
+                seconds: float) -> None:
+    """Record the failures and the final state; a run never stays "running" because a failure could not be stored."""
+    try:
+        with Session(engine) as session, session.begin():
+            for failure in failures:
+                repo.record_failure(session, run_id, failure.line, failure.sku, failure.stage, failure.reason)
+            repo.finish_run(session, run_id, counts, status, seconds)
+    except Exception:
+        log.exception("could not record the failures of run %s; recording its end without them", run_id)
+        with Session(engine) as session, session.begin():
+            repo.finish_run(session, run_id, {**counts, "failures_unrecorded": len(failures)}, "failed", seconds)
+        raise
 
 
 def plan(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: Settings, since: datetime | None
@@ -277,14 +317,37 @@ def _refresh_metadata(engine: Engine, rows: list[CatalogRow]) -> int:
     return changed
 
 
+def _listed_skus(rows: list[CatalogRow], errors: list[CatalogError], limit: int | None) -> set[str] | None:
+    """Every sku the catalog lists, or None when the listing is partial (a --limit, or rows that failed
+    to parse, whose skus we cannot see): then nothing is removed, so a broken file never deletes products."""
+    if limit is not None or any(e.sku is None for e in errors):
+        return None
+    return {r.sku for r in rows} | {e.sku for e in errors if e.sku}
+
+
+def _refuse_mass_removal(session, catalog: str | Path, rows: list[CatalogRow], errors: list[CatalogError],
+                         limit: int | None, max_share: float) -> None:
+    listed = _listed_skus(rows, errors, limit)
+    if listed is None:
+        return
+    live = repo.live_skus(session)
+    gone = sorted(live - listed)
+    if live and len(gone) > max_share * len(live):
+        examples = ", ".join(gone[:5]) + (", ..." if len(gone) > 5 else "")
+        raise MassRemovalError(
+            f"refusing to remove {len(gone)} of {len(live)} live products ({len(gone) / len(live):.0%}, more than "
+            f"MATCHER_MAX_REMOVAL_SHARE={max_share:g}): {catalog} lists {len(rows)} usable rows. An empty or cut-off "
+            f"export? Nothing was changed. Would be removed: {examples}. If this is intended, run again with "
+            "--allow-mass-removal.")
+
+
 def _remove_missing(engine: Engine, run_id: int, rows: list[CatalogRow], errors: list[CatalogError],
                     limit: int | None) -> int:
-    """Soft-delete products that left the catalog. Skipped when the listing is partial (a --limit,
-    or rows that failed to parse, whose skus we cannot see), so a broken file never deletes products."""
-    if limit is not None or any(e.sku is None for e in errors):
+    """Soft-delete products that left the catalog (only when the listing is complete)."""
+    live = _listed_skus(rows, errors, limit)
+    if live is None:
         log.warning("not removing missing products: the catalog listing is partial")
         return 0
-    live = {r.sku for r in rows} | {e.sku for e in errors if e.sku}
     with Session(engine) as session, session.begin():
         gone = repo.soft_delete_missing(session, live)
         for sku in gone:

@@ -97,3 +97,65 @@ def test_a_model_keeps_scoring_when_features_are_added_later():
     copy = Reranker.from_bytes(reranker.version, reranker.kind, reranker.to_bytes(), names)
     richer = [{**row, "cosine_colour": 0.1, "silhouette_iou_gap": -0.5} for row in groups[0].features]
     np.testing.assert_allclose(copy.score(richer), reranker.score(groups[0].features))
+
+
+class _Planted:
+    """Unpickling this creates a file: proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_stored_models_are_skops_files_and_a_crafted_one_runs_no_code(tmp_path):
+    import pickle
+
+    import skops.io
+
+    from matcher.rerank import UnsafeModelError, load_model
+
+    reranker = train(synthetic_groups(60), seed=0, splits=1)
+    data = reranker.to_bytes()
+    assert data[:2] == b"PK"  # a skops archive, not a pickle
+    copy = Reranker.from_bytes(reranker.version, reranker.kind, data, reranker.feature_names)
+    rows = synthetic_groups(1, seed=3)[0].features
+    np.testing.assert_allclose(copy.score(rows), reranker.score(rows))
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeModelError, match="not a skops file"):
+        load_model("crafted", pickle.dumps(_Planted(marker)))
+    with pytest.raises(UnsafeModelError, match="not allowed"):
+        load_model("crafted", skops.io.dumps({"model": _Planted(marker)}))
+    with pytest.raises(UnsafeModelError, match="not a skops file"):
+        load_model("crafted", b"PK\x03\x04" + b"\x00" * 64)
+    assert not marker.exists()
+
+
+def test_a_crafted_model_row_leaves_search_on_cosine_and_runs_no_code(bench_dir, tmp_path, db_settings):
+    import json
+    import pickle
+    import shutil
+
+    from sqlalchemy.orm import Session
+
+    from matcher.db import repository as repo
+    from matcher.db.engine import get_engine
+    from matcher.indexing import run_index
+    from matcher.query import QueryEngine
+    from matcher.rerank import FORMULA_VERSION
+
+    product = json.loads((bench_dir / "catalog" / "products.jsonl").open().readline())
+    shutil.copy(bench_dir / product["image"], tmp_path / "p.jpg")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"sku": product["sku"], "image": "p.jpg"}) + "\n")
+    run_index(tmp_path / "c.jsonl", db_settings, progress=False)
+    marker = tmp_path / "pwned"
+    with Session(get_engine(db_settings)) as session, session.begin():
+        space = repo.active_space(session).name
+        repo.save_reranker(session, version="hgb-crafted", kind="hist_gradient_boosting", feature_names=["cosine"],
+                           model=pickle.dumps(_Planted(marker)), metrics={"space": space}, activate=True)
+    engine = QueryEngine(db_settings)
+    assert engine.reranker.version == FORMULA_VERSION and not marker.exists()

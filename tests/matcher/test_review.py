@@ -269,6 +269,7 @@ def test_uploads_are_checked_and_stored_only_under_the_data_dir(settings, tmp_pa
     refused("empty.jpg", b"", "empty")
     refused("big.jpg", _jpeg((400, 300)), "upload limit", max_upload_bytes=1000)
     refused("bomb.jpg", _jpeg((400, 300)), "pixel limit", max_image_pixels=10_000)
+    refused("bomb.png", _png_header_only(60_000, 60_000), "decompression bomb")  # PIL refuses to even open it
     assert sorted(p.name for p in uploads.iterdir()) == sorted(p.name for p in uploads.glob("*.jpg"))
     assert len(list(uploads.iterdir())) == 2
 
@@ -280,6 +281,18 @@ def test_uploads_are_checked_and_stored_only_under_the_data_dir(settings, tmp_pa
     query_id = review.match_upload(settings, scene_copy, engine, reviewer=ALICE, boxes=scene_boxes()[:1])
     [view] = review.query_detections(settings, query_id)
     assert view.query_source == "upload:alice" and view.image_path == str(scene_copy)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in a few bytes (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
 
 def test_sign_in_needs_a_name_and_the_shared_secret(settings):
@@ -316,9 +329,17 @@ def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypat
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("ui/app.py")
     assert command[command.index("--server.headless") + 1] == "true"
     assert command[command.index("--server.port") + 1] == "8765"
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"  # this machine only, by default
+    assert "warning" not in result.output
     assert env["MATCHER_DATABASE_URL"] == settings.database_url
     assert env["MATCHER_DATA_DIR"] == str(settings.data_dir.resolve())
     assert env["MATCHER_REVIEW_SECRET"] == SECRET
+
+    wide = CliRunner().invoke(app, ["review", "--headless", "--address", "0.0.0.0"])
+    assert wide.exit_code == 0 and "warning" in wide.output and "reverse proxy" in wide.output
+    assert calls[-1][0][calls[-1][0].index("--server.address") + 1] == "0.0.0.0"
+    bad_port = CliRunner().invoke(app, ["review", "--port", "70000"])
+    assert bad_port.exit_code == 2 and len(calls) == 2
 
 
 def test_pruning_removes_old_uploads_that_no_pending_review_needs(settings, matched, monkeypatch):

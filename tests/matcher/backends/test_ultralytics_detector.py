@@ -99,6 +99,9 @@ def test_rtdetr_loads_pt_through_weights_manager(tmp_path: Path, rtdetr_model):
     dest = weights.MANIFEST["rtdetr-l"].path_in(settings.resolved_weights_dir)
     dest.parent.mkdir(parents=True)
     rtdetr_model.save(dest)
+    with pytest.raises(weights.UntrustedWeightsError):  # unpinned in the manifest, and nobody vouched for it
+        registry.create("detector", "rtdetr", settings)
+    settings.trusted_weights = [weights.hash_file(dest)]  # the operator vouches for this exact file
     det = registry.create("detector", "rtdetr", settings)
     assert det.detector_id == "rtdetr:rtdetr-l"
     _check(det.detect(_image()), det.detector_id)
@@ -143,3 +146,36 @@ def test_set_classes_rejected_for_closed_set(rtdetr_model):
     det = UltralyticsDetector(rtdetr_model, kind="rtdetr", weights_name="x", device="cpu")
     with pytest.raises(TypeError):
         det.set_classes(["sofa"])
+
+
+class _Planted:
+    """Unpickling this creates a file: proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_pickled_checkpoint_nobody_vouched_for_is_not_loaded(tmp_path):
+    import pickle
+
+    from matcher.settings import Settings
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "weights" / "ultralytics" / "rtdetr-l.pt"  # where the manifest file would be
+    crafted.parent.mkdir(parents=True)
+    crafted.write_bytes(pickle.dumps({"model": _Planted(marker)}))
+    settings = Settings(data_dir=tmp_path, device="cpu")
+    with pytest.raises(weights.UntrustedWeightsError, match="MATCHER_TRUSTED_WEIGHTS"):
+        UltralyticsDetector.from_settings(settings, "rtdetr")  # the manifest pins no checksum for it
+    elsewhere = tmp_path / "mine.pt"
+    elsewhere.write_bytes(crafted.read_bytes())
+    with pytest.raises(weights.UntrustedWeightsError, match="pickled checkpoint"):
+        UltralyticsDetector.from_settings(settings.model_copy(update={"detector_checkpoint": elsewhere}), "rtdetr")
+    with pytest.raises(weights.UntrustedWeightsError):
+        UltralyticsDetector.from_weights("rtdetr", elsewhere)
+    assert not marker.exists()

@@ -144,3 +144,100 @@ def test_deep_backend_indexes_with_tiny_random_models(bench_dir, tmp_path, db_se
         assert set(session.scalars(select(Cutout.segmenter_id))) == {space.segmenter_id}
         assert len(_skus(session, Cutout)) == 3
         assert len(_skus(session, Embedding)) == report.counts["indexed"]
+
+
+def test_nul_characters_fail_their_row_not_the_run(bench_dir, tmp_path, db_settings):
+    """Postgres text cannot hold NUL: such a row is that row's failure; the run ends and the space is usable."""
+    from matcher.db.models import IndexFailure, IndexRun
+    from matcher.query import QueryEngine
+
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 4)
+    rows[1]["title"] = "Arm\u0000chair"
+    rows[2]["sku"] = "bad\u0000sku"
+    rows[3]["attributes"] = {"finish": ["oak", "wal\u0000nut"]}
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for _ in range(2):  # and again: nothing is left blocked
+        report = run_index(catalog, db_settings, progress=False)
+        assert report.counts["failed"] == 3 and report.space_active
+    with Session(get_engine(db_settings)) as session:
+        assert [r.status for r in session.scalars(select(IndexRun))] == ["done", "done"]
+        reasons = {f.line: (f.sku, f.reason) for f in session.scalars(select(IndexFailure).where(
+            IndexFailure.run_id == report.run_id))}
+        assert reasons[2] == (rows[1]["sku"], "field 'title' contains a NUL character")
+        assert reasons[3][0] is None and "'sku'" in reasons[3][1]
+        assert reasons[4] == (rows[3]["sku"], "field 'finish' contains a NUL character")
+        assert _skus(session, Embedding) == {rows[0]["sku"]}
+    assert QueryEngine(db_settings).space.status == "active"
+
+
+def test_pool_workers_die_with_a_killed_run(bench_dir, tmp_path, db_settings):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    catalog, _rows = _bench_subset(bench_dir, tmp_path, 12)
+    env = {**os.environ, "MATCHER_DATABASE_URL": db_settings.database_url, "MATCHER_DATA_DIR": str(db_settings.data_dir),
+           "MATCHER_BACKEND": db_settings.backend}
+    run = subprocess.Popen([sys.executable, "-m", "matcher.cli", "index", str(catalog), "--workers", "2", "--no-progress"],
+                           env=env, cwd=Path(__file__).resolve().parents[3], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def children() -> set[int]:
+        found = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == run.pid and fields[0] != "Z":
+                found.add(int(entry.name))
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 180
+    workers: set[int] = set()
+    with Session(get_engine(db_settings)) as session:
+        while time.monotonic() < deadline and run.poll() is None:  # wait until the pool is working
+            workers = children()
+            if len(workers) >= 2 and session.scalar(select(Embedding.id).limit(1)) is not None:
+                break
+            session.rollback()
+            time.sleep(0.1)
+    assert run.poll() is None and len(workers) >= 2, "the run ended before its pool could be killed"
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "pool workers outlived their killed parent"
+
+
+def test_markup_in_catalog_text_is_printed_as_text(bench_dir, tmp_path, db_settings, monkeypatch):
+    """Console output escapes catalog text: a sku like ``ok[/red]sku`` neither breaks nor styles the output."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from matcher.cli import app
+
+    catalog, rows = _bench_subset(bench_dir, tmp_path, 2)
+    rows[0]["sku"], rows[1]["sku"], rows[1]["image"] = "good[/red]one", "bad[bold]two", "images/missing.jpg"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for key, value in {"MATCHER_DATABASE_URL": db_settings.database_url, "MATCHER_DATA_DIR": str(db_settings.data_dir),
+                       "MATCHER_BACKEND": db_settings.backend}.items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    indexed = runner.invoke(app, ["index", str(catalog), "--no-progress"])
+    assert indexed.exit_code == 0, indexed.output
+    assert "bad[bold]two [load]" in indexed.output
+    photo = tmp_path / rows[0]["image"]
+    width, height = Image.open(photo).size
+    matched = runner.invoke(app, ["match", str(photo), "--box", f"0,0,{width},{height}", "--top-k", "1"])
+    assert matched.exit_code == 0, matched.output
+    assert "good[/red]one" in matched.output

@@ -116,6 +116,7 @@ def _counts(settings) -> dict[str, int]:
             "embeddings": session.scalar(select(func.count()).select_from(Embedding)),
             "completed_events": session.scalar(select(func.count()).select_from(IndexEvent).where(IndexEvent.kind == "new")),
             "distinct_completed": session.scalar(select(func.count(func.distinct(IndexEvent.sku))).where(IndexEvent.kind == "new")),
+            "live_products": session.scalar(select(func.count()).select_from(Product).where(Product.deleted_at.is_(None))),
         }
 
 
@@ -220,3 +221,30 @@ def test_switching_to_the_pretrained_default_answers_from_the_classical_space_un
     candidates = engine.match(photo, boxes=whole, store=False).objects[0].candidates
     assert candidates[0].sku == rows[0]["sku"] and len(candidates) == 3
     assert {"cosine_deep", "cosine_colour"} <= set(candidates[0].features)  # the parts reach the re-ranker
+
+
+def test_an_empty_or_cut_off_export_does_not_wipe_the_catalog(bench_dir, tmp_path, db_settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    from matcher.cli import app
+
+    catalog, rows = _catalog(bench_dir, tmp_path, 5)
+    _reindex(catalog, db_settings)
+    for key, value in {"MATCHER_DATABASE_URL": db_settings.database_url, "MATCHER_DATA_DIR": str(db_settings.data_dir),
+                       "MATCHER_BACKEND": db_settings.backend}.items():
+        monkeypatch.setenv(key, value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["reindex", str(empty), "--no-progress"])
+    assert refused.exit_code == 4, refused.output
+    assert "refusing to remove 5 of 5 live products" in " ".join(refused.output.split())
+    assert _counts(db_settings)["live_products"] == 5
+
+    cut = tmp_path / "cut.jsonl"  # 2 of 5 gone: 40 % > 20 %
+    cut.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    assert runner.invoke(app, ["reindex", str(cut), "--no-progress"]).exit_code == 4
+    assert _counts(db_settings)["live_products"] == 5
+    allowed = runner.invoke(app, ["reindex", str(cut), "--no-progress", "--allow-mass-removal"])
+    assert allowed.exit_code == 0, allowed.output
+    assert _counts(db_settings)["live_products"] == 3
