@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -29,6 +29,15 @@ app.add_typer(spaces_app, name="spaces")
 rerank_app = typer.Typer(no_args_is_help=True, help="Train, list and activate re-ranker models.")
 app.add_typer(rerank_app, name="rerank")
 console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _weight_errors() -> tuple[type[Exception], ...]:
+    """Missing, damaged or untrusted model weights: each is one clear line for the user, not a traceback."""
+    from . import weights
+    from .backends.effnet_embedder import MissingEffnetWeightsError
+
+    return (weights.MissingWeightsError, weights.WeightsChecksumError, weights.UntrustedWeightsError,
+            MissingEffnetWeightsError)
 
 
 def _settings(**overrides) -> Settings:
@@ -142,7 +151,7 @@ def _index_errors() -> Iterator[None]:
     except MassRemovalError as exc:
         console.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(4) from exc
-    except (FileNotFoundError, ValueError, UnknownBackendError) as exc:
+    except (FileNotFoundError, ValueError, UnknownBackendError, *_weight_errors()) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
@@ -195,6 +204,31 @@ def spaces_drop(space_id: Annotated[int, typer.Argument(help="Id from `matcher s
     console.print(f"dropped space {space_id}")
 
 
+def _require_dataset(dataset: Path, *, scenes: bool) -> None:
+    """Exit 2 with one line unless ``dataset`` is a bench-format folder (checked before any work starts)."""
+    needed = [dataset / "catalog" / "products.jsonl"] + ([dataset / "scenes" / "instances.json"] if scenes else [])
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        console.print(f"[red]error:[/red] not a bench-format data set: missing {escape(', '.join(missing))}")
+        raise typer.Exit(2)
+
+
+def _require_output_folder(path: Optional[Path]) -> None:
+    if path is not None and not path.parent.is_dir():
+        console.print(f"[red]error:[/red] cannot write {escape(str(path))}: folder {escape(str(path.parent))} does not exist")
+        raise typer.Exit(2)
+
+
+def _require_backends(kind: str, names: Sequence[str]) -> None:
+    from .registry import available
+
+    unknown = [n for n in names if n not in available(kind)]
+    if unknown:
+        console.print(f"[red]error:[/red] unknown {kind} {escape(', '.join(unknown))}; known: "
+                      f"{', '.join(available(kind))}")
+        raise typer.Exit(2)
+
+
 def _exit_if_nothing_worked(report) -> None:
     """Exit 1 when the catalog had rows and every one of them failed (a scheduler should notice)."""
     rows = report.counts.get("catalog_rows", 0)
@@ -240,9 +274,17 @@ def eval_masks(
     limit: Annotated[Optional[int], typer.Option(min=1)] = None,
 ) -> None:
     """Compare predicted catalog cutouts with ground-truth mattes: IoU, boundary F1, SAD, leakage."""
+    _require_dataset(dataset, scenes=False)
+    _require_output_folder(json_out)
+    if segmenter:
+        _require_backends("segmenter", [segmenter])
     report = service.eval_masks(dataset, _settings(backend=backend), segmenter_name=segmenter, limit=limit, json_out=json_out,
                                 progress=sys.stderr.isatty())
     overall = report["overall"]
+    if overall["n"] == 0:
+        console.print(f"[red]failed:[/red] no catalog image of {escape(str(dataset))} could be evaluated "
+                      f"({len(report.get('failed', []))} failed to load)")
+        raise typer.Exit(1)
     table = Table("scope", "n", "IoU", "boundary F1", "SAD matte", "SAD binary", "leakage", "mask_fail")
     groups = [("category", report.get("per_category", {})), ("backdrop", report.get("per_background", {})),
               ("contact shadow", report.get("per_contact_shadow", {}))]
@@ -281,7 +323,7 @@ def match(
         boxes = [parse_box(b) for b in box] if box else None
         result = service.match_image(image, _settings(backend=backend), boxes=boxes, detectors=tuple(detector or ()),
                                      category_filter=category_filter, store=store)
-    except (ImageLoadError, NotIndexedError, SpaceMismatchError, ValueError) as exc:
+    except (ImageLoadError, NotIndexedError, SpaceMismatchError, ValueError, *_weight_errors()) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if as_json:
@@ -331,6 +373,9 @@ def evaluate(
                         "needs --use-gt-boxes.")] = None,
 ) -> None:
     """Index the data set's catalog if needed, query every scene, report recall, mask quality and timings."""
+    _require_dataset(dataset, scenes=True)
+    _require_output_folder(json_out)
+    _require_backends("detector", detector or [])
     if model:
         if not use_gt_boxes or detector:
             console.print("[red]error:[/red] --model compares embedders on ground-truth boxes: give --use-gt-boxes, no --detector")
@@ -375,9 +420,11 @@ def rerank_train(
     dataset: Annotated[Optional[Path], typer.Option(help="Bench data set, for --source bench.")] = None,
     activate: Annotated[str, typer.Option(help="if-better, always or never.")] = "if-better",
     backend: Annotated[Optional[Backend], typer.Option()] = None,
-    test_fraction: Annotated[float, typer.Option(help="Share of photos held out.")] = 0.3,
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of photos held out.")] = 0.3,
 ) -> None:
     """Train the gradient-boosted re-ranker and report its held-out lift over cosine alone."""
+    if source == "bench" and dataset is not None:
+        _require_dataset(dataset, scenes=True)
     try:
         info = service.train_reranker(_settings(backend=backend), source=source, dataset=dataset, activate=activate,
                                       test_fraction=test_fraction)
@@ -433,7 +480,6 @@ def review_app(
 ) -> None:
     """Start the Streamlit review app (ui/app.py) on the configured database (embedded by default)."""
     import ipaddress
-    import subprocess
 
     from ui.launch import launch_command, launch_env
 
@@ -451,12 +497,41 @@ def review_app(
         console.print(f"[yellow]warning:[/yellow] listening on {escape(address)}: reachable from other machines over "
                       "plain HTTP; serve it through a TLS reverse proxy")
     console.print(f"review app on {escape(address)}:{port}, database {info['url']} (schema {info['revision']})")
+    raise typer.Exit(_run_forwarding_signals(launch_command(settings, port=port, headless=headless, address=address),
+                                             launch_env(settings)))
+
+
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run the server as a child; SIGTERM/SIGINT/SIGHUP to this launcher are passed on, so stopping
+    ``matcher review`` (systemd, a container, Ctrl-C) stops the server instead of orphaning it."""
+    import signal
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+    stop: list[int] = []
+
+    def forward(signum, _frame):
+        stop.append(signum)
+        if started and started[0].poll() is None:
+            started[0].send_signal(signum)
+
+    # Handlers first, then the child: a signal in between is not lost (the child gets it as soon as it exists).
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        code = subprocess.call(launch_command(settings, port=port, headless=headless, address=address),
-                               env=launch_env(settings))
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        child = subprocess.Popen(command, env=env)
+        started.append(child)
+        if stop:
+            child.send_signal(stop[0])
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # forwarded already; wait for the server to finish
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
 
 
 def main() -> None:  # pragma: no cover - entry point

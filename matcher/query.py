@@ -192,9 +192,13 @@ class QueryEngine:
     def _cache_shapes(self, session: Session, product_ids: list[int]) -> None:
         missing = [p for p in product_ids if p not in self._shapes]
         for product_id, cutout in repo.catalog_cutouts(session, missing, self.space.segmenter_id).items():
-            alpha = decode_png(cutout.alpha_png) if cutout.alpha_png else None
-            palette = [LabColor(tuple(c["lab"]), c["weight"]) for c in cutout.dominant_colors]
-            self._shapes[product_id] = shape_summary(alpha, palette) if alpha is not None else None
+            try:
+                alpha = decode_png(cutout.alpha_png) if cutout.alpha_png else None
+                palette = [LabColor(tuple(c["lab"]), c["weight"]) for c in cutout.dominant_colors]
+                self._shapes[product_id] = shape_summary(alpha, palette) if alpha is not None else None
+            except Exception as exc:  # noqa: BLE001 - one damaged stored matte must not fail every query
+                log.error("product %s: stored catalog matte unreadable (%s); ranked without its shape", product_id, exc)
+                self._shapes[product_id] = None
         for product_id in missing:
             self._shapes.setdefault(product_id, None)
 
@@ -230,6 +234,8 @@ class QueryEngine:
               category_filter: bool = False, store: bool = True, source: str = "cli",
               artifacts_dir: Path | None = None, box_categories: Sequence[str | None] | None = None) -> MatchResult:
         if not isinstance(image, LoadedImage):
+            if not str(image).startswith(("http://", "https://")):
+                image = Path(image).expanduser().resolve()  # stored queries name their photo absolutely
             image = load_image(image, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
         timings = {stage: 0.0 for stage in STAGES}
         with _timed(timings, "find"):

@@ -22,6 +22,7 @@ import csv
 import hmac
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -42,6 +43,8 @@ from .db.migrate import upgrade
 from .imageio import ImageLoadError, decode_image, load_image
 from .settings import Settings
 from .types import Box
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["approve", "reject_all", "wrong_object"]
 VERDICTS: tuple[str, ...] = ("approve", "reject_all", "wrong_object")
@@ -368,13 +371,35 @@ def load_mask(path: str | Path | None) -> np.ndarray | None:
 
 
 def load_cutout(path: str | Path | None) -> np.ndarray | None:
-    """The stored RGBA cutout of a detection, or None."""
+    """The stored RGBA cutout of a detection as uint8 (a 16-bit PNG is scaled down), or None when unreadable."""
     if not path or not Path(path).is_file():
         return None
     try:
-        return decode_png(Path(path).read_bytes())
-    except ValueError:
+        array = decode_png(Path(path).read_bytes())
+    except (ValueError, OSError):
         return None
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    return array if array.dtype == np.uint8 else None
+
+
+def load_catalog_image(path: str | Path | None, long_side: int = 512) -> np.ndarray | None:
+    """A catalog photo for display (RGB, at most ``long_side`` px), or None when missing, replaced by a
+    non-image or corrupt: the reviewer sees "image unavailable" and can still decide."""
+    if not path:
+        return None
+    try:
+        rgb = load_image(path).rgb
+    except ImageLoadError as exc:
+        log.warning("catalog image %s unavailable: %s", path, exc)
+        return None
+    scale = long_side / max(rgb.shape[:2])
+    if scale < 1:
+        import cv2
+
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return rgb
 
 
 # --- deciding -------------------------------------------------------------------------------------

@@ -211,10 +211,11 @@ def _html(text: str) -> str:
 
 def candidate_card(view: review.DetectionView, cand: review.CandidateView, position: int, focused: bool) -> None:
     with st.container(border=True):
-        if cand.image:
-            st.image(cand.image, width="stretch")
+        image = review.load_catalog_image(cand.image)
+        if image is not None:
+            st.image(image, width="stretch")
         else:
-            st.caption("(catalog image missing)")
+            st.caption("(catalog image unavailable)")
         st.markdown(f"**#{cand.rank}** · final score **{cand.score:.3f}**")
         st.markdown(f"<span style='font-size:0.8rem;word-break:break-all'>{_html(cand.sku)}</span>",
                     unsafe_allow_html=True)

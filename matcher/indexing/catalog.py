@@ -33,7 +33,7 @@ def read_catalog(path: str | Path) -> tuple[list[CatalogRow], list[CatalogError]
     if suffix in (".jsonl", ".ndjson", ".json"):
         records = _jsonl_records(path)
     elif suffix in (".csv", ".tsv"):
-        records = _csv_records(path, delimiter="\t" if suffix == ".tsv" else ",")
+        records = _csv_records(path, delimiter="\t" if suffix == ".tsv" else _sniff_delimiter(path))
     else:
         raise ValueError(f"unsupported catalog format {suffix!r}: use .jsonl, .csv or a folder of images")
     return _rows_from_records(records, path.parent)
@@ -55,6 +55,15 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 yield line_no, f"invalid JSON ({exc.msg} at column {exc.colno})"
                 continue
             yield line_no, record if isinstance(record, dict) else "row is not a JSON object"
+
+
+def _sniff_delimiter(path: Path) -> str:
+    """``,`` unless the header line is clearly split by ``;`` or tabs (spreadsheet exports in many locales)."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
 
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:

@@ -104,7 +104,11 @@ def prepare_item(item: WorkItem) -> Outcome:
         return Outcome(item, error=CatalogError(row.line, row.sku, "load", str(exc)))
     thumbnail = reference_thumbnail(image.rgb)
     if item.reference_png is not None:
-        verdict = _same_picture(item.reference_png, thumbnail)
+        try:
+            verdict = _same_picture(item.reference_png, thumbnail)
+        except Exception as exc:  # noqa: BLE001 - a damaged stored thumbnail: process the image again, replacing it
+            log.warning("%s: stored reference thumbnail unreadable (%s); processing the image again", row.sku, exc)
+            verdict = None
         if verdict is not None:
             return Outcome(item, sha256=image.sha256, same_picture=verdict)
     try:

@@ -87,6 +87,13 @@ def test_match_with_boxes_prints_candidates_with_feature_breakdowns(indexed, mon
                               .where(DetectionRow.query_id == query.id)) > 0
 
 
+def test_a_relative_photo_path_is_stored_absolute(indexed, monkeypatch):
+    monkeypatch.chdir(SCENE.parent)
+    result = QueryEngine(indexed).match(SCENE.name, boxes=[Box(0, 0, 100, 100)], store=True)
+    with Session(get_engine(indexed)) as session:
+        assert session.get(Query, result.query_id).image_path == str(SCENE.resolve())
+
+
 def test_corrupt_query_image_gives_a_clear_error(indexed, monkeypatch, tmp_path):
     monkeypatch.setenv("MATCHER_DATABASE_URL", indexed.database_url)
     monkeypatch.setenv("MATCHER_DATA_DIR", str(indexed.data_dir))

@@ -314,15 +314,14 @@ def test_parse_boxes_names_the_bad_line():
 
 
 def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypatch):
-    import subprocess
-
+    from matcher import cli
     from matcher.cli import app
     from tests.review_support import env_for
 
     for key, value in env_for(settings).items():
         monkeypatch.setenv(key, value)
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.setattr(cli, "_run_forwarding_signals", lambda command, env: calls.append((command, env)) or 0)
     result = CliRunner().invoke(app, ["review", "--headless", "--port", "8765"])
     assert result.exit_code == 0, result.output
     [(command, env)] = calls
@@ -373,3 +372,71 @@ def test_pruning_removes_old_uploads_that_no_pending_review_needs(settings, matc
     assert review.prune_uploads(settings, timedelta(days=-1)) == [decided_photo]
     assert pending_photo.exists() and not decided_photo.exists()
     assert review.detection_view(settings, view.id).decision.verdict == "reject_all"  # the decision stays
+
+
+def test_damaged_catalog_images_and_cutouts_do_not_stop_the_panel(tmp_path):
+    import cv2
+    import numpy as np
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(_jpeg((64, 48))[:40])
+    replaced = tmp_path / "replaced.jpg"
+    replaced.write_text("<html>moved</html>")
+    assert review.load_catalog_image(corrupt) is None and review.load_catalog_image(replaced) is None
+    assert review.load_catalog_image(tmp_path / "gone.jpg") is None and review.load_catalog_image(None) is None
+    good = tmp_path / "good.jpg"
+    good.write_bytes(_jpeg((1600, 900)))
+    shown = review.load_catalog_image(good)
+    assert shown.dtype == np.uint8 and max(shown.shape[:2]) == 512
+
+    deep = np.zeros((20, 30, 4), np.uint16)
+    deep[..., 1] = 65535
+    deep[..., 3] = 65535
+    sixteen = tmp_path / "cutout16.png"
+    cv2.imwrite(str(sixteen), deep)
+    cutout = review.load_cutout(sixteen)
+    assert cutout.dtype == np.uint8 and cutout.shape == (20, 30, 4) and cutout[0, 0, 1] == 255
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    assert review.load_cutout(broken) is None
+
+
+def test_stopping_the_review_launcher_stops_the_server(settings, tmp_path):
+    """SIGTERM to `matcher review` (systemd, a container) reaches the Streamlit server; nothing keeps listening."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.review_support import env_for
+
+    env = {**os.environ, **env_for(settings)}
+    launcher = subprocess.Popen([sys.executable, "-m", "matcher.cli", "review", "--headless", "--port", "0"], env=env,
+                                cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == launcher.pid and fields[0] != "Z":
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not children() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    servers = children()
+    assert servers, "the launcher never started the server"
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(60) == 0
+
+    def alive(pid: int) -> bool:
+        try:
+            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert not [pid for pid in servers if alive(pid)], "the Streamlit server outlived its launcher"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from matcher.indexing import read_catalog
 
 
@@ -50,3 +52,23 @@ def test_csv_and_folder_catalogs(tmp_path):
 
     folder_rows, folder_errors = read_catalog(tmp_path / "img")
     assert [r.sku for r in folder_rows] == ["chair"] and folder_errors == []
+
+
+def test_spreadsheet_exports_bom_semicolons_and_foreign_encodings(tmp_path):
+    (tmp_path / "chair.jpg").write_bytes(b"x")
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes("\ufeffsku;title;image\nS1;Fauteuil, velours;chair.jpg\n".encode("utf-8"))
+    rows, errors = read_catalog(excel)
+    assert errors == [] and [(r.sku, r.title) for r in rows] == [("S1", "Fauteuil, velours")]
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("sku,title,image\nS1,Fauteuil gar\xe7on,chair.jpg\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_catalog(latin1)
+
+    jsonl = tmp_path / "mixed.jsonl"
+    jsonl.write_bytes(b'{"sku": "S1", "image": "chair.jpg"}\n{"sku": "S2", "title": "gar\xe7on", "image": "chair.jpg"}\n')
+    rows, errors = read_catalog(jsonl)
+    assert [r.sku for r in rows] == ["S1"]
+    assert [(e.line, e.reason) for e in errors] == [(2, "not valid UTF-8 (byte 28 of the line)")]
+    assert "\ufffd" not in "".join(r.title for r in rows)

@@ -248,3 +248,31 @@ def test_an_empty_or_cut_off_export_does_not_wipe_the_catalog(bench_dir, tmp_pat
     allowed = runner.invoke(app, ["reindex", str(cut), "--no-progress", "--allow-mass-removal"])
     assert allowed.exit_code == 0, allowed.output
     assert _counts(db_settings)["live_products"] == 3
+
+
+def test_damaged_stored_artifacts_are_per_item_problems(bench_dir, tmp_path, db_settings):
+    """A corrupt stored matte does not fail the queries that retrieve it; a corrupt stored reference
+    thumbnail does not abort the reindex: that item is simply processed again."""
+    from matcher.types import Box
+
+    catalog, rows = _catalog(bench_dir, tmp_path, 3)
+    _reindex(catalog, db_settings)
+    with Session(get_engine(db_settings)) as session, session.begin():
+        ids = {p.sku: p.id for p in session.scalars(select(Product))}
+        session.execute(text("UPDATE cutouts SET alpha_png = :junk WHERE product_id = :p"),
+                        {"junk": b"not a png", "p": ids[rows[0]["sku"]]})
+        session.execute(text("UPDATE products SET reference_png = :junk WHERE id = :p"),
+                        {"junk": b"\x89PNG garbage", "p": ids[rows[1]["sku"]]})
+
+    photo = tmp_path / rows[0]["image"]
+    width, height = Image.open(photo).size
+    result = QueryEngine(db_settings).match(photo, boxes=[Box(0, 0, width, height)], store=False)
+    assert result.objects[0].candidates[0].sku == rows[0]["sku"]
+
+    _reencode(tmp_path / rows[1]["image"], 80)  # bytes change: the stored reference would be consulted
+    report = _reindex(catalog, db_settings)
+    assert report.counts["changed"] == 1 and report.counts["failed"] == 0
+    with Session(get_engine(db_settings)) as session:
+        assert session.scalar(select(IndexRun.status).where(IndexRun.id == report.run_id)) == "done"
+        repaired = session.scalar(select(Product.reference_png).where(Product.sku == rows[1]["sku"]))
+        assert repaired.startswith(b"\x89PNG\r\n\x1a\n") and len(repaired) > 100
