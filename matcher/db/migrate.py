@@ -25,16 +25,25 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
 
     Every command upgrades on start, so several may do it at once on a fresh database: a Postgres
     advisory lock makes them take turns (the later ones find the schema current and do nothing)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     from .repository import release_migration_lock, wait_for_migration_lock
 
-    with engine.connect() as lock_connection:
-        wait_for_migration_lock(lock_connection)
-        try:
-            version = ensure_vector_extension(engine)
-            command.upgrade(alembic_config(engine.url.render_as_string(hide_password=False)), revision)
-        finally:
-            release_migration_lock(lock_connection)
-            lock_connection.commit()
+    # The lock's own unpooled connection: it is really closed afterwards, whatever happens to ``engine``'s
+    # pool meanwhile (a pooled one could outlive a dispose() and keep the database busy).
+    lock_engine = create_engine(engine.url, poolclass=NullPool)
+    try:
+        with lock_engine.connect() as lock_connection:
+            wait_for_migration_lock(lock_connection)
+            try:
+                version = ensure_vector_extension(engine)
+                command.upgrade(alembic_config(engine.url.render_as_string(hide_password=False)), revision)
+            finally:
+                release_migration_lock(lock_connection)
+                lock_connection.commit()
+    finally:
+        lock_engine.dispose()
     engine.dispose()
     return version
 
