@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import registry
-from ..imageio import ImageLoadError, load_image
 from ..query import QueryEngine
 from ..rerank import FORMULA, LabelledGroup
 from ..settings import Settings
 from ..types import Box
-from .scenes import _catalog_categories, _ensure_indexed, _rank_of, _reranker_report, load_coco
+from .scenes import (_catalog_categories, _ensure_indexed, _rank_of, _reranker_report, annotated_images, load_coco,
+                     scene_photos)
 
 
 def compare_embedders(dataset: Path, settings: Settings, models: Sequence[str], *, limit: int | None = None,
@@ -42,7 +41,7 @@ def compare_embedders(dataset: Path, settings: Settings, models: Sequence[str], 
 
     coco, by_image = load_coco(dataset)
     category_of_sku = _catalog_categories(dataset)
-    images = [img for img in coco["images"] if by_image.get(img["id"])][:limit]
+    images = annotated_images(coco, by_image, limit)
     first = engines[models[0]]
     ranks: dict[str, list[int | None]] = {m: [] for m in models}
     category_hits: dict[str, list[bool]] = {m: [] for m in models}
@@ -50,13 +49,7 @@ def compare_embedders(dataset: Path, settings: Settings, models: Sequence[str], 
     embed_seconds = dict.fromkeys(models, 0.0)
     embedded = 0
     failures = []
-    for img in tqdm(images, desc="scenes", disable=not progress):
-        try:
-            photo = load_image(dataset / img["file_name"])
-        except ImageLoadError as exc:
-            failures.append({"image": img["file_name"], "reason": str(exc)})
-            continue
-        anns = by_image[img["id"]]
+    for img, photo, anns in scene_photos(dataset, images, by_image, failures, progress):
         detections = first._user_detections(photo, [Box.from_xywh(*a["bbox"]) for a in anns], None)
         masks = first.trace(photo, detections)
         cutouts = [first.polish(photo, d, m) for d, m in zip(detections, masks)]

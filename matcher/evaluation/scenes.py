@@ -14,7 +14,7 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -23,7 +23,7 @@ from ..imageio import ImageLoadError, load_image
 from ..query import STAGES, MatchResult, QueryEngine
 from ..rerank import FORMULA, LabelledGroup, evaluate, train
 from ..settings import Settings
-from ..types import Box
+from ..types import Box, LoadedImage
 from .masks import boundary_f1, mask_iou
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,22 @@ def decode_segmentation(ann: dict, height: int, width: int) -> np.ndarray:
     else:  # polygons
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     return mask_utils.decode(rle).astype(bool)
+
+
+def annotated_images(coco: dict, by_image: dict[int, list[dict]], limit: int | None) -> list[dict]:
+    return [img for img in coco["images"] if by_image.get(img["id"])][:limit]
+
+
+def scene_photos(dataset: Path, images: list[dict], by_image: dict[int, list[dict]], failures: list[dict],
+                 progress: bool) -> Iterator[tuple[dict, LoadedImage, list[dict]]]:
+    """Each scene's image record, photo and annotations; a photo that does not load goes to ``failures``."""
+    for img in tqdm(images, desc="scenes", disable=not progress):
+        try:
+            photo = load_image(dataset / img["file_name"])
+        except ImageLoadError as exc:
+            failures.append({"image": img["file_name"], "reason": str(exc)})
+            continue
+        yield img, photo, by_image[img["id"]]
 
 
 def _rank_of(candidates, sku: str) -> int | None:
@@ -99,7 +115,7 @@ def evaluate_scenes(dataset: Path, settings: Settings, *, use_gt_boxes: bool = T
     engine.reranker = FORMULA  # collect features under one fixed ranking; models are compared afterwards
     coco, by_image = load_coco(dataset)
     category_of_sku = _catalog_categories(dataset)
-    images = [img for img in coco["images"] if by_image.get(img["id"])][:limit]
+    images = annotated_images(coco, by_image, limit)
 
     gt_tally, det_tally = _Tally(), _Tally()
     groups: list[LabelledGroup] = []
@@ -108,13 +124,7 @@ def evaluate_scenes(dataset: Path, settings: Settings, *, use_gt_boxes: bool = T
     example_rows: list[tuple] = []
     failures = []
     try:
-        for img in tqdm(images, desc="scenes", disable=not progress):
-            try:
-                photo = load_image(dataset / img["file_name"])
-            except ImageLoadError as exc:
-                failures.append({"image": img["file_name"], "reason": str(exc)})
-                continue
-            anns = by_image[img["id"]]
+        for img, photo, anns in scene_photos(dataset, images, by_image, failures, progress):
             truths = [decode_segmentation(a, photo.height, photo.width) for a in anns]
             if use_gt_boxes:
                 result = engine.match(photo, boxes=[Box.from_xywh(*a["bbox"]) for a in anns], store=False)

@@ -5,6 +5,7 @@ import pytest
 
 from matcher.features import FEATURE_NAMES
 from matcher.rerank import FORMULA, LabelledGroup, Reranker, evaluate, recall_at_k, reliable_lift, split_groups, train
+from tests.hostile import Planted
 
 
 def synthetic_groups(n_groups: int, seed: int = 0) -> list[LabelledGroup]:
@@ -99,18 +100,6 @@ def test_a_model_keeps_scoring_when_features_are_added_later():
     np.testing.assert_allclose(copy.score(richer), reranker.score(groups[0].features))
 
 
-class _Planted:
-    """Unpickling this creates a file: proof that loading ran code."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
 def test_stored_models_are_skops_files_and_a_crafted_one_runs_no_code(tmp_path):
     import pickle
 
@@ -127,9 +116,9 @@ def test_stored_models_are_skops_files_and_a_crafted_one_runs_no_code(tmp_path):
 
     marker = tmp_path / "pwned"
     with pytest.raises(UnsafeModelError, match="not a skops file"):
-        load_model("crafted", pickle.dumps(_Planted(marker)))
+        load_model("crafted", pickle.dumps(Planted(marker)))
     with pytest.raises(UnsafeModelError, match="not allowed"):
-        load_model("crafted", skops.io.dumps({"model": _Planted(marker)}))
+        load_model("crafted", skops.io.dumps({"model": Planted(marker)}))
     with pytest.raises(UnsafeModelError, match="not a skops file"):
         load_model("crafted", b"PK\x03\x04" + b"\x00" * 64)
     assert not marker.exists()
@@ -156,6 +145,6 @@ def test_a_crafted_model_row_leaves_search_on_cosine_and_runs_no_code(bench_dir,
     with Session(get_engine(db_settings)) as session, session.begin():
         space = repo.active_space(session).name
         repo.save_reranker(session, version="hgb-crafted", kind="hist_gradient_boosting", feature_names=["cosine"],
-                           model=pickle.dumps(_Planted(marker)), metrics={"space": space}, activate=True)
+                           model=pickle.dumps(Planted(marker)), metrics={"space": space}, activate=True)
     engine = QueryEngine(db_settings)
     assert engine.reranker.version == FORMULA_VERSION and not marker.exists()

@@ -407,36 +407,18 @@ def test_stopping_the_review_launcher_stops_the_server(settings, tmp_path):
     import subprocess
     import sys
 
+    from tests.process_support import children_of, is_running
     from tests.review_support import env_for
 
     env = {**os.environ, **env_for(settings)}
     launcher = subprocess.Popen([sys.executable, "-m", "matcher.cli", "review", "--headless", "--port", "0"], env=env,
                                 cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-
-    def children() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == launcher.pid and fields[0] != "Z":
-                found.append(int(entry.name))
-        return found
-
     deadline = time.monotonic() + 120
-    while not children() and launcher.poll() is None and time.monotonic() < deadline:
+    while not children_of(launcher.pid) and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    servers = children()
+    servers = children_of(launcher.pid)
     assert servers, "the launcher never started the server"
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(60) == 0
-
-    def alive(pid: int) -> bool:
-        try:
-            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
-    assert not [pid for pid in servers if alive(pid)], "the Streamlit server outlived its launcher"
+    assert not [pid for pid in servers if is_running(pid)], "the Streamlit server outlived its launcher"

@@ -21,6 +21,7 @@ pytest.importorskip("ultralytics")
 from matcher import registry, weights  # noqa: E402
 from matcher.backends.protocols import Detector  # noqa: E402
 from matcher.types import Detection  # noqa: E402
+from tests.hostile import Planted  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -148,18 +149,6 @@ def test_set_classes_rejected_for_closed_set(rtdetr_model):
         det.set_classes(["sofa"])
 
 
-class _Planted:
-    """Unpickling this creates a file: proof that loading ran code."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
 def test_a_pickled_checkpoint_nobody_vouched_for_is_not_loaded(tmp_path):
     import pickle
 
@@ -168,7 +157,7 @@ def test_a_pickled_checkpoint_nobody_vouched_for_is_not_loaded(tmp_path):
     marker = tmp_path / "pwned"
     crafted = tmp_path / "weights" / "ultralytics" / "rtdetr-l.pt"  # where the manifest file would be
     crafted.parent.mkdir(parents=True)
-    crafted.write_bytes(pickle.dumps({"model": _Planted(marker)}))
+    crafted.write_bytes(pickle.dumps({"model": Planted(marker)}))
     settings = Settings(data_dir=tmp_path, device="cpu")
     with pytest.raises(weights.UntrustedWeightsError, match="MATCHER_TRUSTED_WEIGHTS"):
         UltralyticsDetector.from_settings(settings, "rtdetr")  # the manifest pins no checksum for it

@@ -177,35 +177,19 @@ def test_pool_workers_die_with_a_killed_run(bench_dir, tmp_path, db_settings):
     import sys
     import time
 
+    from tests.process_support import children_of, is_running
+
     catalog, _rows = _bench_subset(bench_dir, tmp_path, 12)
     env = {**os.environ, "MATCHER_DATABASE_URL": db_settings.database_url, "MATCHER_DATA_DIR": str(db_settings.data_dir),
            "MATCHER_BACKEND": db_settings.backend}
     run = subprocess.Popen([sys.executable, "-m", "matcher.cli", "index", str(catalog), "--workers", "2", "--no-progress"],
                            env=env, cwd=Path(__file__).resolve().parents[3], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-
-    def children() -> set[int]:
-        found = set()
-        for entry in Path("/proc").iterdir():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == run.pid and fields[0] != "Z":
-                found.add(int(entry.name))
-        return found
-
-    def alive(pid: int) -> bool:
-        try:
-            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
     deadline = time.monotonic() + 180
     workers: set[int] = set()
     with Session(get_engine(db_settings)) as session:
         while time.monotonic() < deadline and run.poll() is None:  # wait until the pool is working
-            workers = children()
+            workers = children_of(run.pid)
             if len(workers) >= 2 and session.scalar(select(Embedding.id).limit(1)) is not None:
                 break
             session.rollback()
@@ -214,9 +198,9 @@ def test_pool_workers_die_with_a_killed_run(bench_dir, tmp_path, db_settings):
     run.send_signal(signal.SIGKILL)
     run.wait(30)
     deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(is_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in workers if alive(pid)], "pool workers outlived their killed parent"
+    assert not [pid for pid in workers if is_running(pid)], "pool workers outlived their killed parent"
 
 
 def test_markup_in_catalog_text_is_printed_as_text(bench_dir, tmp_path, db_settings, monkeypatch):
