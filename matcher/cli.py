@@ -522,12 +522,7 @@ def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
         started.append(child)
         if stop:
             child.send_signal(stop[0])
-        while True:
-            try:
-                code = child.wait()
-                break
-            except KeyboardInterrupt:  # forwarded already; wait for the server to finish
-                continue
+        code = child.wait()  # SIGINT is forwarded too, so no KeyboardInterrupt interrupts this wait
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -219,10 +219,11 @@ class UntrustedWeightsError(RuntimeError):
             f"this file, add its sha256 there (e.g. MATCHER_TRUSTED_WEIGHTS='[\"{digest}\"]').")
 
 
-def require_trusted(path: Path, pinned: str | None, trusted: Iterable[str]) -> str:
-    """The sha256 of ``path`` if it is pinned or operator-trusted; else :class:`UntrustedWeightsError`."""
+def require_trusted(path: Path, trusted: Iterable[str]) -> str:
+    """The sha256 of ``path`` if it is one of ``trusted`` (manifest pins, operator-trusted digests);
+    else :class:`UntrustedWeightsError`."""
     digest = file_sha256(path)
-    if digest.lower() not in {d.lower() for d in (pinned, *trusted) if d}:
+    if digest.lower() not in {d.lower() for d in trusted if d}:
         raise UntrustedWeightsError(Path(path), digest)
     return digest
 

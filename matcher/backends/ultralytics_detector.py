@@ -155,7 +155,7 @@ class UltralyticsDetector:
         if path.suffix == ".pt" and not path.is_file():
             raise weights.MissingWeightsError(None, path, reason=f"detector weights file not found: {path}")
         if path.suffix != ".yaml":
-            weights.require_trusted(path, None, trusted_sha256)
+            weights.require_trusted(path, trusted_sha256)
         model = _model_class(kind)(str(path))
         return cls(model, kind=kind, weights_name=weights_name or path.stem, **kwargs)
 

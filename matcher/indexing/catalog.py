@@ -11,6 +11,7 @@ written from the data set root, e.g. ``catalog/images/x.jpg``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +34,7 @@ def read_catalog(path: str | Path) -> tuple[list[CatalogRow], list[CatalogError]
     if suffix in (".jsonl", ".ndjson", ".json"):
         records = _jsonl_records(path)
     elif suffix in (".csv", ".tsv"):
-        records = _csv_records(path, delimiter="\t" if suffix == ".tsv" else _sniff_delimiter(path))
+        records = _csv_records(path, delimiter="\t" if suffix == ".tsv" else None)
     else:
         raise ValueError(f"unsupported catalog format {suffix!r}: use .jsonl, .csv or a folder of images")
     return _rows_from_records(records, path.parent)
@@ -57,27 +58,26 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield line_no, record if isinstance(record, dict) else "row is not a JSON object"
 
 
-def _sniff_delimiter(path: Path) -> str:
+def _sniff_delimiter(header: str) -> str:
     """``,`` unless the header line is clearly split by ``;`` or tabs (spreadsheet exports in many locales)."""
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
-        header = handle.readline()
     counts = {d: header.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] > counts[","] else ","
 
 
-def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _csv_records(path: Path, delimiter: str | None) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``delimiter=None``: sniffed from the header line. The file is read and decoded once."""
     try:
-        path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"catalog {path} is not UTF-8 (byte {exc.start + 1}): re-export it as UTF-8") from exc
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        for record in reader:
-            if None in record:  # more cells than header columns
-                yield reader.line_num, f"row has {len(record) - 1 + len(record[None])} cells, header has {len(reader.fieldnames or [])}"
-                continue
-            yield reader.line_num, {k.strip(): v for k, v in record.items() if k is not None and v not in (None, "")}
+    delimiter = delimiter or _sniff_delimiter(text.partition("\n")[0])
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    for record in reader:
+        if None in record:  # more cells than header columns
+            yield reader.line_num, f"row has {len(record) - 1 + len(record[None])} cells, header has {len(reader.fieldnames or [])}"
+            continue
+        yield reader.line_num, {k.strip(): v for k, v in record.items() if k is not None and v not in (None, "")}
 
 
 def _rows_from_records(records: Iterator[tuple[int, dict[str, Any] | str]], base: Path) -> tuple[list[CatalogRow], list[CatalogError]]:
