@@ -28,6 +28,8 @@ spaces_app = typer.Typer(no_args_is_help=True, help="Embedding spaces (one per e
 app.add_typer(spaces_app, name="spaces")
 rerank_app = typer.Typer(no_args_is_help=True, help="Train, list and activate re-ranker models.")
 app.add_typer(rerank_app, name="rerank")
+reviewers_app = typer.Typer(no_args_is_help=True, help="Reviewer accounts for the review app (admin).")
+app.add_typer(reviewers_app, name="reviewers")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -139,12 +141,16 @@ def index(
 @contextmanager
 def _index_errors() -> Iterator[None]:
     """Exit 3 when another run holds the index lock, 4 when a reindex would remove too much of the catalog,
-    2 for bad input; no traceback in any case."""
+    5 when the database stops answering during the run, 2 for bad input; no traceback in any case."""
+    from .db.engine import DatabaseUnavailableError
     from .indexing import IndexLockedError, MassRemovalError
     from .registry import UnknownBackendError
 
     try:
         yield
+    except DatabaseUnavailableError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(5) from exc
     except IndexLockedError as exc:
         console.print(f"[red]refused:[/red] {escape(str(exc))}")
         raise typer.Exit(3) from exc
@@ -470,6 +476,79 @@ def prune_uploads(
     console.print(f"{len(removed)} upload(s) {'would be ' if dry_run else ''}removed")
 
 
+def _new_password(password_stdin: bool) -> str:
+    """From stdin (scripts: ``echo "$PW" | matcher reviewers add NAME --password-stdin``) or a hidden prompt."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@contextmanager
+def _account_errors() -> Iterator[None]:
+    from .review import AuthError
+
+    try:
+        yield
+    except AuthError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")]
+
+
+@reviewers_app.command("add")
+def reviewers_add(name: str, password_stdin: PasswordStdin = False) -> None:
+    """Create a reviewer account (the password is stored as an argon2id hash)."""
+    from . import review
+
+    with _account_errors():
+        stored = review.add_reviewer(_settings(), name, _new_password(password_stdin))
+    console.print(f"reviewer {escape(stored)} added")
+
+
+@reviewers_app.command("passwd")
+def reviewers_passwd(name: str, password_stdin: PasswordStdin = False) -> None:
+    """Set a new password for a reviewer."""
+    from . import review
+
+    with _account_errors():
+        review.set_reviewer_password(_settings(), name, _new_password(password_stdin))
+    console.print(f"password of {escape(name)} changed")
+
+
+@reviewers_app.command("disable")
+def reviewers_disable(name: str) -> None:
+    """Stop a reviewer from signing in (their decisions stay)."""
+    from . import review
+
+    with _account_errors():
+        review.set_reviewer_active(_settings(), name, False)
+    console.print(f"reviewer {escape(name)} disabled")
+
+
+@reviewers_app.command("enable")
+def reviewers_enable(name: str) -> None:
+    """Let a disabled reviewer sign in again."""
+    from . import review
+
+    with _account_errors():
+        review.set_reviewer_active(_settings(), name, True)
+    console.print(f"reviewer {escape(name)} enabled")
+
+
+@reviewers_app.command("list")
+def reviewers_list() -> None:
+    """Reviewer accounts."""
+    from . import review
+
+    table = Table("name", "active", "created", "changed")
+    for account in review.list_reviewers(_settings()):
+        table.add_row(escape(account["name"]), "yes" if account["active"] else "no",
+                      f"{account['created_at']:%Y-%m-%d %H:%M}", f"{account['changed_at']:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
 @app.command("review")
 def review_app(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the review app.")] = 8501,
@@ -497,6 +576,10 @@ def review_app(
         console.print(f"[yellow]warning:[/yellow] listening on {escape(address)}: reachable from other machines over "
                       "plain HTTP; serve it through a TLS reverse proxy")
     console.print(f"review app on {escape(address)}:{port}, database {info['url']} (schema {info['revision']})")
+    from . import review
+
+    if not review.list_reviewers(settings):
+        console.print("[yellow]warning:[/yellow] no reviewer accounts yet: add one with `matcher reviewers add NAME`")
     raise typer.Exit(_run_forwarding_signals(launch_command(settings, port=port, headless=headless, address=address),
                                              launch_env(settings)))
 

@@ -19,7 +19,6 @@ second gets a ``ConflictError`` naming who decided first.
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import json
 import logging
@@ -33,7 +32,10 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .codec import decode_png, encode_png
@@ -45,6 +47,7 @@ from .settings import Settings
 from .types import Box
 
 log = logging.getLogger(__name__)
+auth_log = logging.getLogger("matcher.review.auth")  # sign-ins, for the operator's log
 
 Verdict = Literal["approve", "reject_all", "wrong_object"]
 VERDICTS: tuple[str, ...] = ("approve", "reject_all", "wrong_object")
@@ -91,7 +94,7 @@ class ConflictError(ReviewError):
 @dataclass(frozen=True)
 class Reviewer:
     name: str
-    method: str = "secret"  # "secret" (name + shared secret) | "streamlit" (Streamlit's built-in auth)
+    method: str = "account"  # "account" (name + password, ``matcher reviewers``) | "streamlit" (built-in OIDC auth)
 
 
 @dataclass(frozen=True)
@@ -223,17 +226,95 @@ def _session(settings: Settings) -> Session:
 
 # --- sign-in ----------------------------------------------------------------------------------------
 
-def authenticate(settings: Settings, name: str, secret: str) -> Reviewer:
-    """Name + the shared secret from settings (``MATCHER_REVIEW_SECRET``)."""
+MIN_PASSWORD_LENGTH = 10
+_HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified when the name has no account, so an unknown name costs the same time as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+def _clean_name(name: str) -> str:
     clean = " ".join((name or "").split())
     if not _NAME_RE.match(clean):
         raise AuthError("enter your name: 1-64 letters, digits, spaces or . @ + ' - _")
-    expected = settings.review_secret.get_secret_value() if settings.review_secret else ""
-    if not expected:
-        raise AuthError("sign-in is not configured: set MATCHER_REVIEW_SECRET (or configure Streamlit's [auth])")
-    if not hmac.compare_digest((secret or "").encode(), expected.encode()):
-        raise AuthError("wrong name or secret")
-    return Reviewer(name=clean, method="secret")
+    return clean
+
+
+def authenticate(settings: Settings, name: str, password: str) -> Reviewer:
+    """Sign in with the reviewer's own account.  Every attempt is logged; after
+    ``review_max_failed_sign_ins`` failures within ``review_lockout_minutes`` the name is
+    locked for the rest of that window, right password or not."""
+    clean = _clean_name(name)
+    window = timedelta(minutes=settings.review_lockout_minutes)
+    # The attempt is committed before any error is raised: a failure must count even though it fails.
+    with _session(settings) as session, session.begin():
+        failures = repo.recent_failed_sign_ins(session, clean, utcnow() - window)
+        locked = failures >= settings.review_max_failed_sign_ins
+        account = None if locked else repo.reviewer_account(session, clean, for_update=True)
+        reason = "locked" if locked else _password_problem(account, password or "")
+        repo.record_sign_in(session, clean, reason is None, reason or "")
+        if reason is None and _HASHER.check_needs_rehash(account.password_hash):
+            repo.update_reviewer_account(session, account.id, password_hash=_HASHER.hash(password))
+    if locked:
+        auth_log.warning("sign-in refused for %r: locked after %d failed attempts", clean, failures)
+        raise AuthError(f"too many failed sign-ins for this name: try again in "
+                        f"{settings.review_lockout_minutes:g} minutes, or ask an admin")
+    if reason is not None:
+        auth_log.warning("failed sign-in for %r: %s", clean, reason)
+        raise AuthError("wrong name or password")
+    auth_log.info("reviewer %r signed in", account.name)
+    return Reviewer(name=account.name, method="account")
+
+
+def _password_problem(account, password: str) -> str | None:
+    """Why this password does not sign in to this account (None: it does)."""
+    try:
+        _HASHER.verify(account.password_hash if account is not None else _DUMMY_HASH, password)
+    except (VerifyMismatchError, InvalidHashError):
+        return "no such account" if account is None else "wrong password"
+    if account is None:  # the dummy hash's password is random and thrown away: unreachable in practice
+        return "no such account"
+    return None if account.active else "account disabled"
+
+
+def _check_password(password: str) -> None:
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def add_reviewer(settings: Settings, name: str, password: str) -> str:
+    """Create an account (admin command ``matcher reviewers add``); returns the stored name."""
+    clean = _clean_name(name)
+    _check_password(password)
+    try:
+        with _session(settings) as session, session.begin():
+            repo.add_reviewer_account(session, clean, _HASHER.hash(password))
+    except IntegrityError as exc:  # the unique index on lower(name), also against a concurrent add
+        raise AuthError(f"an account named {clean!r} exists already (names ignore case)") from exc
+    return clean
+
+
+def set_reviewer_password(settings: Settings, name: str, password: str) -> None:
+    _check_password(password)
+    _update_account(settings, name, password_hash=_HASHER.hash(password))
+
+
+def set_reviewer_active(settings: Settings, name: str, active: bool) -> None:
+    """Disable (or re-enable) an account: a disabled reviewer cannot sign in; their decisions stay."""
+    _update_account(settings, name, active=active)
+
+
+def _update_account(settings: Settings, name: str, **values: Any) -> None:
+    with _session(settings) as session, session.begin():
+        account = repo.reviewer_account(session, _clean_name(name), for_update=True)
+        if account is None:
+            raise AuthError(f"no account named {name!r}")
+        repo.update_reviewer_account(session, account.id, **values)
+
+
+def list_reviewers(settings: Settings) -> list[dict[str, Any]]:
+    with _session(settings) as session:
+        return [{"name": a.name, "active": a.active, "created_at": a.created_at, "changed_at": a.changed_at}
+                for a in repo.reviewer_accounts(session)]
 
 
 def reviewer_from_identity(identity: str | None) -> Reviewer:

@@ -44,8 +44,11 @@ def index_catalog(catalog: str | Path, settings: Settings, *, limit: int | None 
 
 
 def recent_runs(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    from .indexing.job import record_deferred_run_ends
+
     engine = get_engine(settings)
     upgrade(engine)
+    record_deferred_run_ends(engine, settings)
     with Session(engine) as session:
         return [
             {"id": r.id, "kind": r.kind, "status": r.status, "backend": r.backend, "catalog": r.catalog,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 Backend = Literal["effnet", "classical", "deep"]
@@ -76,7 +76,10 @@ class Settings(BaseSettings):
                                      "of the live products than this is refused (without --allow-mass-removal).")
     retrain_min_decisions: int = 50  # new review decisions before the nightly run retrains the re-ranker
     # Review app (`matcher review`).
-    review_secret: SecretStr | None = Field(default=None, description="Shared secret for name + secret sign-in.")
+    # Reviewers sign in with their own account (`matcher reviewers add NAME`); repeated failures lock the name.
+    review_max_failed_sign_ins: int = Field(default=5, ge=1, description="Failed sign-ins per name within "
+                                            "review_lockout_minutes before that name is locked out.")
+    review_lockout_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
     review_detectors: list[str] = Field(default_factory=list, description="Detectors run on uploads without boxes.")
     max_upload_bytes: int = 20 * 1024 * 1024  # per uploaded photo
 

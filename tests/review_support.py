@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample"
 SCENE_NAME = "scenes/images/scene_00000.jpg"
 SCENE = SAMPLE / SCENE_NAME
-SECRET = "correct horse battery staple"
+PASSWORD = "correct horse battery staple"
+REVIEWERS = ("alice", "bob", "carol", "smoke")  # accounts in every copy of the template, with PASSWORD
 
 _templates: dict[int, tuple[str, Path]] = {}
 _lock = threading.Lock()
@@ -61,6 +62,7 @@ def sample_template(pg_server, tmp_path_factory, n_distractors: int = 4) -> tupl
         settings = Settings(database_url=_url(pg_server, name), data_dir=folder / "data", backend="classical")
         report = run_index(folder / "catalog" / "products.jsonl", settings, progress=False)
         assert report.counts["indexed"] == len(chosen), report.counts
+        add_reviewers(settings)
         get_engine(settings).dispose()  # a template database must have no open connections
         _templates[key] = (name, folder)
         return name, folder
@@ -70,8 +72,7 @@ def clone_settings(pg_server, template: str, data_dir: Path, **overrides) -> Set
     """A fresh copy of the template database, and Settings for it."""
     name = "rc_" + uuid.uuid4().hex[:10]
     pg_server.psql(f"CREATE DATABASE {name} TEMPLATE {template};")
-    values = {"database_url": _url(pg_server, name), "data_dir": data_dir, "backend": "classical",
-              "review_secret": SECRET, **overrides}
+    values = {"database_url": _url(pg_server, name), "data_dir": data_dir, "backend": "classical", **overrides}
     return Settings(**values)
 
 
@@ -79,6 +80,11 @@ def env_for(settings: Settings) -> dict[str, str]:
     """The MATCHER_* variables that make the app (``Settings()``) see these settings."""
     env = {"MATCHER_DATABASE_URL": settings.database_url or "", "MATCHER_DATA_DIR": str(settings.data_dir),
            "MATCHER_BACKEND": settings.backend, "MATCHER_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes)}
-    if settings.review_secret is not None:
-        env["MATCHER_REVIEW_SECRET"] = settings.review_secret.get_secret_value()
     return env
+
+
+def add_reviewers(settings: Settings, names=REVIEWERS) -> None:
+    from matcher import review
+
+    for name in names:
+        review.add_reviewer(settings, name, PASSWORD)

@@ -16,6 +16,7 @@ meantime is refused with a message naming them, never overwritten.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def settings() -> Settings:
 
 
 def _settings_key(s: Settings) -> str:
-    return s.model_dump_json()  # the secret dumps masked
+    return s.model_dump_json()
 
 
 @st.cache_resource(show_spinner="Loading the models…")
@@ -67,9 +68,9 @@ def engine_handle(s: Settings) -> EngineHandle | None:
     try:
         return _engine(_settings_key(s), s)
     except NotIndexedError as exc:
-        st.warning(f"No indexed catalog yet: {exc}")
+        st.warning(f"No indexed catalog yet: {plain(exc)}")
     except Exception as exc:  # noqa: BLE001 - shown to the reviewer instead of a traceback
-        st.error(f"The query engine could not start: {exc}")
+        st.error(f"The query engine could not start: {plain(exc)}")
     return None
 
 
@@ -79,7 +80,7 @@ def flash(kind: str, text: str) -> None:
 
 def show_flash() -> None:
     for kind, text in st.session_state.pop("flash", []):
-        {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(text)
+        {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(plain(text))
 
 
 def current_reviewer() -> review.Reviewer:
@@ -179,14 +180,14 @@ def sign_in(s: Settings) -> review.Reviewer | None:
         return None
     with st.sidebar.form("sign_in"):
         st.text_input("Your name", key="signin_name")
-        st.text_input("Shared secret", type="password", key="signin_secret")
+        st.text_input("Password", type="password", key="signin_password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         try:
             reviewer = review.authenticate(s, st.session_state.get("signin_name", ""),
-                                           st.session_state.get("signin_secret", ""))
+                                           st.session_state.get("signin_password", ""))
         except review.AuthError as exc:
-            time.sleep(0.5)  # slows down guessing the shared secret
+            time.sleep(0.5)  # slows down guessing; repeated failures also lock the name (see review.authenticate)
             st.sidebar.error(str(exc))
             return None
         st.session_state["reviewer"] = reviewer
@@ -201,6 +202,16 @@ def feature_line(features: dict[str, float]) -> str:
     if "category_agreement" in features:
         parts.append({1.0: "same category", 0.0: "other category"}.get(features["category_agreement"], "category ?"))
     return " · ".join(parts)
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(text: object) -> str:
+    """Catalog, reviewer and model text for Streamlit's Markdown widgets, shown literally: every ASCII
+    punctuation character is backslash-escaped (CommonMark), so a title like ``![x](https://…)`` shows
+    as text instead of making every reviewer's browser fetch that URL."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text)).replace("\n", " ")
 
 
 def _html(text: str) -> str:
@@ -219,7 +230,7 @@ def candidate_card(view: review.DetectionView, cand: review.CandidateView, posit
         st.markdown(f"**#{cand.rank}** · final score **{cand.score:.3f}**")
         st.markdown(f"<span style='font-size:0.8rem;word-break:break-all'>{_html(cand.sku)}</span>",
                     unsafe_allow_html=True)
-        st.caption(f"{cand.title or '—'} · {cand.category or 'no category'}")
+        st.caption(f"{plain(cand.title or '—')} · {plain(cand.category or 'no category')}")
         st.caption(feature_line(cand.features))
         if view.pending:
             st.button(f"Approve #{cand.rank}", key=f"d{view.id}-approve-{cand.product_id}",
@@ -232,9 +243,9 @@ def detection_panel(s: Settings, view: review.DetectionView, photo=None, *, focu
     x, y, w, h = view.box.xywh()
     flags = ", ".join(view.quality_flags) or "none"
     shown_category = view.category or (view.candidates[0].category if view.candidates else None)
-    st.markdown(f"#### Detection {view.id} · {shown_category or view.label}")
-    st.caption(f"box {x:.0f},{y:.0f},{w:.0f},{h:.0f} · score {view.score:.2f} · {view.source} · flags: {flags} · "
-               f"ranked by {view.reranker_version or '?'} · {view.status}")
+    st.markdown(f"#### Detection {view.id} · {plain(shown_category or view.label)}")
+    st.caption(f"box {x:.0f},{y:.0f},{w:.0f},{h:.0f} · score {view.score:.2f} · {plain(view.source)} · flags: "
+               f"{plain(flags)} · ranked by {plain(view.reranker_version or '?')} · {view.status}")
     left, right = st.columns([1, 4])
     with left:
         if photo is not None:
@@ -245,7 +256,7 @@ def detection_panel(s: Settings, view: review.DetectionView, photo=None, *, focu
             st.image(checkerboard_composite(cutout) if cutout.ndim == 3 and cutout.shape[2] == 4 else cutout,
                      caption="cutout", width="stretch")
         if view.fail_reason:
-            st.warning(f"mask: {view.fail_reason}")
+            st.warning(f"mask: {plain(view.fail_reason)}")
     with right:
         if not view.candidates:
             st.info("No candidates: the mask could not be used. Adjust the box, or mark it as the wrong object.")
@@ -285,16 +296,16 @@ def detection_panel(s: Settings, view: review.DetectionView, photo=None, *, focu
                                       args=(view.id, view.version))
     elif view.decision is not None:
         d = view.decision
-        what = f"approved `{d.sku}`" if d.verdict == "approve" else review.VERDICT_LABELS[d.verdict]
-        st.success(f"Decided: {what} by {d.reviewer} at {d.created_at:%Y-%m-%d %H:%M}"
-                   + (f" — {d.note}" if d.note else ""))
+        what = f"approved {plain(d.sku)}" if d.verdict == "approve" else review.VERDICT_LABELS[d.verdict]
+        st.success(f"Decided: {what} by {plain(d.reviewer)} at {d.created_at:%Y-%m-%d %H:%M}"
+                   + (f" — {plain(d.note)}" if d.note else ""))
 
 
 def photo_for(s: Settings, image_path: str):
     try:
         return review.load_photo(image_path, s)
     except Exception as exc:  # noqa: BLE001 - the photo may have been moved since `matcher match`
-        st.warning(f"Photo not available ({exc}); showing the stored cutouts and candidates only.")
+        st.warning(f"Photo not available ({plain(exc)}); showing the stored cutouts and candidates only.")
         return None
 
 
@@ -329,7 +340,7 @@ def run_uploads(s: Settings, reviewer: review.Reviewer, files: list) -> None:
     try:
         boxes = review.parse_boxes(st.session_state.get("upload_boxes", ""))
     except review.ReviewError as exc:
-        st.error(f"Boxes: {exc}")
+        st.error(f"Boxes: {plain(exc)}")
         return
     handle = engine_handle(s)
     if handle is None:
@@ -340,9 +351,9 @@ def run_uploads(s: Settings, reviewer: review.Reviewer, files: list) -> None:
     for number, upload in enumerate(files, start=1):
         name = review.display_name(upload.name)
         if upload.file_id in matched:
-            st.info(f"{name}: already matched (query {matched[upload.file_id]}).")
+            st.info(f"{plain(name)}: already matched (query {matched[upload.file_id]}).")
         else:
-            with st.status(f"Matching {name}…", expanded=False) as status:
+            with st.status(f"Matching {plain(name)}…", expanded=False) as status:
                 try:
                     status.write("Checking the file…")
                     path = review.save_upload(s, upload.name, upload.getvalue())
@@ -350,12 +361,12 @@ def run_uploads(s: Settings, reviewer: review.Reviewer, files: list) -> None:
                     with handle.lock:
                         query_id = review.match_upload(s, path, handle.engine, reviewer=reviewer, boxes=boxes or None)
                 except review.ReviewError as exc:
-                    status.update(label=f"{name}: not matched", state="error")
-                    st.error(f"{name}: {exc}")
+                    status.update(label=f"{plain(name)}: not matched", state="error")
+                    st.error(f"{plain(name)}: {plain(exc)}")
                 else:
                     matched[upload.file_id] = query_id
                     recent.append(query_id)
-                    status.update(label=f"{name}: matched (query {query_id})", state="complete")
+                    status.update(label=f"{plain(name)}: matched (query {query_id})", state="complete")
         bar.progress(number / len(files), text=f"{number} of {len(files)} photos")
 
 
@@ -459,7 +470,7 @@ def page_reranker(s: Settings, reviewer: review.Reviewer) -> None:
                                                                       test_fraction=fraction, progress=False)
             except ValueError as exc:
                 st.session_state.pop("training", None)
-                st.error(f"Not trained: {exc}")
+                st.error(f"Not trained: {plain(exc)}")
     info = st.session_state.get("training")
     if info:
         held = info["held_out"]
@@ -495,10 +506,10 @@ def main() -> None:
     reviewer = sign_in(s)
     if reviewer is None:
         st.title("Review matches")
-        st.info("Sign in on the left to review matches: your name and the team's shared secret"
-                " (or your account, where single sign-on is configured).")
+        st.info("Sign in on the left with your reviewer account (an admin creates it with "
+                "`matcher reviewers add NAME`), or with single sign-on where it is configured.")
         return
-    st.sidebar.write(f"Signed in as **{reviewer.name}**")
+    st.sidebar.write(f"Signed in as **{plain(reviewer.name)}**")
     if reviewer.method == "streamlit":
         st.sidebar.button("Sign out", key="sign_out", on_click=st.logout)
     else:

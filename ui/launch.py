@@ -23,10 +23,6 @@ def launch_env(settings: Settings, base: dict[str, str] | None = None) -> dict[s
     for name, value in settings.model_dump(mode="python").items():
         if value is None:
             continue
-        if name == "review_secret":
-            value = settings.review_secret.get_secret_value() if settings.review_secret else None
-            if value is None:
-                continue
         if isinstance(value, (list, tuple, dict)):
             text = json.dumps(list(value) if isinstance(value, tuple) else value)
         elif isinstance(value, Path):

@@ -24,6 +24,27 @@ class DatabaseError(RuntimeError):
     pass
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database stopped answering (stopped, restarted, network) in the middle of the work."""
+
+
+def connection_lost(engine: Engine, exc: BaseException) -> bool:
+    """Whether ``exc`` came from losing the database rather than from one statement (a bad row,
+    a constraint): the first stops a batch, the second fails one item."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure to answer a ping means the database is gone
+        return True
+    return False
+
+
 def _sqlalchemy_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)

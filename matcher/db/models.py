@@ -203,3 +203,24 @@ class Decision(Base):
     reranker_version: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
     undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewerAccount(Base):
+    __tablename__ = "reviewer_accounts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    password_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = _now_column()
+    changed_at: Mapped[datetime] = _now_column()
+
+
+class SignInAttempt(Base):
+    __tablename__ = "sign_in_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    succeeded: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[datetime] = _now_column()

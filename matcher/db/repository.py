@@ -684,3 +684,52 @@ def review_row(session: Session, kind: str, row_id: int):
 
     model = {"product": Product, "query": Query, "detection": DetectionRow}[kind]
     return session.get(model, int(row_id))
+
+
+# --- reviewer accounts -----------------------------------------------------------------------------
+
+def reviewer_account(session: Session, name: str, *, for_update: bool = False):
+    from .models import ReviewerAccount
+
+    query = select(ReviewerAccount).where(func.lower(ReviewerAccount.name) == name.lower())
+    return session.scalar(query.with_for_update() if for_update else query)
+
+
+def add_reviewer_account(session: Session, name: str, password_hash: str):
+    from .models import ReviewerAccount
+
+    row = ReviewerAccount(name=name, password_hash=password_hash, active=True)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_reviewer_account(session: Session, account_id: int, **values: Any) -> None:
+    from .models import ReviewerAccount
+
+    session.execute(update(ReviewerAccount).where(ReviewerAccount.id == account_id).values(changed_at=_now(), **values))
+
+
+def reviewer_accounts(session: Session) -> list[Any]:
+    from .models import ReviewerAccount
+
+    return list(session.scalars(select(ReviewerAccount).order_by(func.lower(ReviewerAccount.name))))
+
+
+def record_sign_in(session: Session, name: str, succeeded: bool, reason: str = "") -> None:
+    from .models import SignInAttempt
+
+    session.add(SignInAttempt(name=name.lower()[:128], succeeded=succeeded, reason=reason))
+
+
+def recent_failed_sign_ins(session: Session, name: str, since: datetime) -> int:
+    """Failed attempts for this name after ``since`` and after its last successful sign-in."""
+    from .models import SignInAttempt
+
+    key = name.lower()[:128]
+    last_ok = session.scalar(select(func.max(SignInAttempt.created_at))
+                             .where(SignInAttempt.name == key, SignInAttempt.succeeded.is_(True)))
+    start = max(since, last_ok) if last_ok is not None else since
+    return int(session.scalar(select(func.count()).select_from(SignInAttempt)
+                              .where(SignInAttempt.name == key, SignInAttempt.succeeded.is_(False),
+                                     SignInAttempt.created_at > start)) or 0)

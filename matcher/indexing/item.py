@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from matcher import registry
 from matcher.codec import alpha_to_uint8, decode_png, encode_png
 from matcher.db import repository as repo
+from matcher.db.engine import DatabaseUnavailableError, connection_lost
 from matcher.imageio import ImageLoadError, decode_image, read_bytes
 from matcher.pipeline import PreparedImage, prepare_image, reference_thumbnail
 from matcher.settings import Settings
@@ -173,6 +174,7 @@ def _store_same_picture(engine: Engine, outcome: Outcome, run_id: int) -> ItemRe
             repo.accept_same_picture(session, product_id, row.image, outcome.sha256)
             repo.record_event(session, run_id, row.sku, "perceptually_equal", outcome.same_picture)
     except Exception as exc:  # noqa: BLE001
+        _stop_if_database_lost(engine, exc, row.sku)
         log.exception("recording %s failed", row.sku)
         return _failed(outcome, CatalogError(row.line, row.sku, "store", f"{type(exc).__name__}: {exc}"))
     return ItemResult(row.sku, row.line, outcome.item.reason, "perceptually_equal")
@@ -199,6 +201,7 @@ def _store_batch(engine: Engine, batch: list[Outcome], space, embedder, run_id: 
                 repo.record_event(session, run_id, outcome.row.sku, outcome.item.reason,
                                   {"mask_fail": outcome.prepared.cutout.fail_reason} if not outcome.prepared.cutout.ok else {})
         except Exception as exc:  # noqa: BLE001 - the item's transaction rolled back as a whole
+            _stop_if_database_lost(engine, exc, outcome.row.sku)
             log.exception("storing %s failed", outcome.row.sku)
             results.append(_failed(outcome, CatalogError(outcome.row.line, outcome.row.sku, "store",
                                                          f"{type(exc).__name__}: {exc}")))
@@ -206,6 +209,13 @@ def _store_batch(engine: Engine, batch: list[Outcome], space, embedder, run_id: 
         results.append(ItemResult(outcome.row.sku, outcome.row.line, outcome.item.reason,
                                   "indexed" if outcome.row.sku in vectors else "mask_fail"))
     return results
+
+
+def _stop_if_database_lost(engine: Engine, exc: Exception, sku: str) -> None:
+    """A lost database is not this item's failure: stop the batch instead of failing every item after it."""
+    if connection_lost(engine, exc):
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseUnavailableError(f"the database stopped answering while storing {sku} ({reason})") from exc
 
 
 def _store_item(session: Session, outcome: Outcome, space, model_id: str, vector: np.ndarray | None) -> None:

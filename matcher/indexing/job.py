@@ -26,6 +26,7 @@ Flow per run:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from matcher import registry
 from matcher.db import repository as repo
-from matcher.db.engine import get_engine
+from matcher.db.engine import DatabaseUnavailableError, connection_lost, database_url, get_engine
 from matcher.db.migrate import upgrade
 from matcher.imageio import ImageLoadError, read_bytes
 from matcher.settings import Settings
@@ -188,6 +189,7 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
         rows = rows[:limit]
 
     with exclusive_index_lock(engine):
+        record_deferred_run_ends(engine, settings)
         with Session(engine) as session, session.begin():
             if remove_missing and not allow_mass_removal:
                 _refuse_mass_removal(session, catalog, rows, catalog_errors, limit, settings.max_removal_share)
@@ -222,10 +224,17 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
                 _process(engine, todo, space, embedder, segmenter_name, segmenter, settings, workers, progress,
                          run_id, counts, failures)
             status = "done"
+        except Exception as exc:
+            if isinstance(exc, DatabaseUnavailableError) or connection_lost(engine, exc):
+                raise DatabaseUnavailableError(
+                    f"run {run_id} stopped: {exc if isinstance(exc, DatabaseUnavailableError) else 'the database stopped answering'}. "
+                    f"Products stored before that are kept; the run is recorded as failed once the database is back; "
+                    f"run the command again to finish") from exc
+            raise
         finally:
             counts["failed"] = len(failures)
             report.seconds = time.perf_counter() - started
-            _finish_run(engine, run_id, failures, counts, status, report.seconds)
+            _finish_run(engine, settings, run_id, failures, counts, status, report.seconds)
         report.space_active = _activate_if_complete(engine, space) if status == "done" else False
         if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
             with Session(engine) as session, session.begin():
@@ -234,19 +243,55 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
     return report
 
 
-def _finish_run(engine: Engine, run_id: int, failures: list[CatalogError], counts: dict[str, int], status: str,
-                seconds: float) -> None:
-    """Record the failures and the final state; a run never stays "running" because a failure could not be stored."""
+def _finish_run(engine: Engine, settings: Settings, run_id: int, failures: list[CatalogError], counts: dict[str, int],
+                status: str, seconds: float) -> None:
+    """Record the failures and the final state; a run never stays "running" because a failure could not be
+    stored.  When the database itself is gone, the end is kept in a file and recorded when it is back."""
     try:
         with Session(engine) as session, session.begin():
             for failure in failures:
                 repo.record_failure(session, run_id, failure.line, failure.sku, failure.stage, failure.reason)
             repo.finish_run(session, run_id, counts, status, seconds)
-    except Exception:
+    except Exception as exc:
+        if connection_lost(engine, exc):
+            _defer_run_end(settings, run_id, failures, counts, status, seconds)
+            return
         log.exception("could not record the failures of run %s; recording its end without them", run_id)
         with Session(engine) as session, session.begin():
             repo.finish_run(session, run_id, {**counts, "failures_unrecorded": len(failures)}, "failed", seconds)
         raise
+
+
+def _deferred_dir(settings: Settings) -> Path:
+    # One folder per database: run ids are only unique within one.
+    key = hashlib.sha256(database_url(settings).encode()).hexdigest()[:16]
+    return settings.data_dir / "deferred-run-ends" / key
+
+
+def _defer_run_end(settings: Settings, run_id: int, failures: list[CatalogError], counts: dict[str, int],
+                   status: str, seconds: float) -> None:
+    folder = _deferred_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": run_id, "status": status, "seconds": seconds, "counts": counts,
+              "failures": [[f.line, f.sku, f.stage, f.reason] for f in failures]}
+    temporary = folder / f"run-{run_id}.json.tmp"
+    temporary.write_text(json.dumps(record))
+    temporary.replace(folder / f"run-{run_id}.json")  # atomic: never a half-written record
+
+
+def record_deferred_run_ends(engine: Engine, settings: Settings) -> int:
+    """Record the ends of runs that lost the database before they could record them; returns how many."""
+    folder = _deferred_dir(settings)
+    done = 0
+    for path in sorted(folder.glob("run-*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        with Session(engine) as session, session.begin():
+            for line, sku, stage, reason in record["failures"]:
+                repo.record_failure(session, record["run_id"], line, sku, stage, reason)
+            repo.finish_run(session, record["run_id"], record["counts"], record["status"], record["seconds"])
+        path.unlink()
+        done += 1
+    return done
 
 
 def plan(rows: list[CatalogRow], state: dict[str, repo.IndexedState], settings: Settings, since: datetime | None
@@ -359,7 +404,8 @@ def _process(engine: Engine, todo: list[WorkItem], space, embedder, segmenter_na
              settings: Settings, workers: int, progress: bool, run_id: int, counts: dict[str, int],
              failures: list[CatalogError]) -> None:
     bar = tqdm(total=len(todo), desc="indexing", unit="item", disable=not progress or not todo)
-    with _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter) as executor:
+    executor = _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter)
+    try:
         batch: list[Outcome] = []
         for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
             batch.append(outcome)
@@ -370,7 +416,9 @@ def _process(engine: Engine, todo: list[WorkItem], space, embedder, segmenter_na
         if batch:
             tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
             bar.update(len(batch))
-    bar.close()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)  # a stopped run does not segment the items still queued
+        bar.close()
 
 
 def _activate_if_complete(engine: Engine, space) -> bool:

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from matcher import review, service
 from matcher.db.engine import get_engine
-from matcher.db.models import Decision, DetectionRow
+from matcher.db.models import Decision, DetectionRow, ReviewerAccount, SignInAttempt
 from matcher.query import QueryEngine
 from matcher.review import ConflictError, Reviewer, ReviewError, UploadError
 from matcher.types import Box
-from tests.review_support import SCENE, SECRET, clone_settings, sample_template, scene_annotations, scene_boxes
+from tests.review_support import PASSWORD, SCENE, clone_settings, sample_template, scene_annotations, scene_boxes
 
 ALICE, BOB = Reviewer("alice"), Reviewer("bob")
 
@@ -295,16 +295,67 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
 
-def test_sign_in_needs_a_name_and_the_shared_secret(settings):
-    assert review.authenticate(settings, "  Alice   Smith ", SECRET) == Reviewer("Alice Smith", "secret")
+def test_reviewers_sign_in_with_their_own_hashed_password(settings):
+    assert review.authenticate(settings, "  ALICE ", PASSWORD) == Reviewer("alice", "account")  # the stored name
     for name in ("", "   ", "../etc", "x" * 65, "<script>"):
         with pytest.raises(review.AuthError, match="enter your name"):
-            review.authenticate(settings, name, SECRET)
-    with pytest.raises(review.AuthError, match="wrong name or secret"):
-        review.authenticate(settings, "alice", SECRET + "x")
-    with pytest.raises(review.AuthError, match="not configured"):
-        review.authenticate(settings.model_copy(update={"review_secret": None}), "alice", "")
+            review.authenticate(settings, name, PASSWORD)
+    for name, password in (("alice", PASSWORD + "x"), ("mallory", PASSWORD), ("alice", "")):
+        with pytest.raises(review.AuthError, match="^wrong name or password$"):  # same answer: no account probing
+            review.authenticate(settings, name, password)
+    with Session(get_engine(settings)) as session:
+        stored = session.scalar(select(ReviewerAccount.password_hash).where(ReviewerAccount.name == "alice"))
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    with pytest.raises(review.AuthError, match="at least 10 characters"):
+        review.add_reviewer(settings, "dana", "short")
+    with pytest.raises(review.AuthError, match="exists already"):
+        review.add_reviewer(settings, "Alice", PASSWORD)
     assert review.reviewer_from_identity("alice@example.org").method == "streamlit"
+
+
+def test_a_disabled_reviewer_cannot_sign_in_and_an_admin_manages_accounts_from_the_cli(settings, monkeypatch):
+    from matcher.cli import app
+    from tests.review_support import env_for
+
+    for key, value in env_for(settings).items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    added = runner.invoke(app, ["reviewers", "add", "dana", "--password-stdin"], input="a long passphrase\n")
+    assert added.exit_code == 0 and "reviewer dana added" in added.output, added.output
+    assert review.authenticate(settings, "dana", "a long passphrase").name == "dana"
+    short = runner.invoke(app, ["reviewers", "add", "erin", "--password-stdin"], input="short\n")
+    assert short.exit_code == 2 and short.output.strip() == "error: a password needs at least 10 characters"
+    assert runner.invoke(app, ["reviewers", "disable", "dana"]).exit_code == 0
+    with pytest.raises(review.AuthError, match="wrong name or password"):
+        review.authenticate(settings, "dana", "a long passphrase")
+    listed = runner.invoke(app, ["reviewers", "list"])
+    cells = [line.replace("│", " ").split()[:2] for line in listed.output.splitlines()]
+    assert listed.exit_code == 0 and ["dana", "no"] in cells and ["alice", "yes"] in cells, listed.output
+    assert runner.invoke(app, ["reviewers", "enable", "dana"]).exit_code == 0
+    assert runner.invoke(app, ["reviewers", "passwd", "dana", "--password-stdin"], input="another passphrase\n").exit_code == 0
+    assert review.authenticate(settings, "dana", "another passphrase").name == "dana"
+    missing = runner.invoke(app, ["reviewers", "disable", "nobody"])
+    assert missing.exit_code == 2 and "no account named 'nobody'" in missing.output
+
+
+def test_failed_sign_ins_are_logged_and_lock_that_name_only(settings, caplog):
+    strict = settings.model_copy(update={"review_max_failed_sign_ins": 3})
+    with caplog.at_level("WARNING", logger="matcher.review.auth"):
+        for _ in range(3):
+            with pytest.raises(review.AuthError, match="wrong name or password"):
+                review.authenticate(strict, "bob", "guess " * 3)
+        with pytest.raises(review.AuthError, match="too many failed sign-ins"):
+            review.authenticate(strict, "bob", PASSWORD)  # the right password does not help while locked
+    assert sum("failed sign-in for 'bob'" in r.getMessage() for r in caplog.records) == 3
+    assert any("refused for 'bob': locked" in r.getMessage() for r in caplog.records)
+    assert review.authenticate(strict, "alice", PASSWORD).name == "alice"  # other names are not affected
+    with Session(get_engine(settings)) as session, session.begin():
+        rows = session.execute(select(SignInAttempt.succeeded, SignInAttempt.reason)
+                               .where(SignInAttempt.name == "bob").order_by(SignInAttempt.id)).all()
+        assert [tuple(r) for r in rows] == [(False, "wrong password")] * 3 + [(False, "locked")]
+        # The lockout window passes (moved back in time rather than waited for).
+        session.execute(update(SignInAttempt).values(created_at=SignInAttempt.created_at - timedelta(hours=1)))
+    assert review.authenticate(strict, "bob", PASSWORD).name == "bob"
 
 
 def test_parse_boxes_names_the_bad_line():
@@ -332,7 +383,7 @@ def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypat
     assert "warning" not in result.output
     assert env["MATCHER_DATABASE_URL"] == settings.database_url
     assert env["MATCHER_DATA_DIR"] == str(settings.data_dir.resolve())
-    assert env["MATCHER_REVIEW_SECRET"] == SECRET
+    assert "MATCHER_REVIEW_SECRET" not in env and "no reviewer accounts" not in result.output
 
     wide = CliRunner().invoke(app, ["review", "--headless", "--address", "0.0.0.0"])
     assert wide.exit_code == 0 and "warning" in wide.output and "reverse proxy" in wide.output

@@ -7,21 +7,24 @@ adjusts a box and re-runs it, rejects, undoes, and meets a conflicting decision.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
-from sqlalchemy import select
+from markdown_it import MarkdownIt
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 from matcher import review
 from matcher.db.engine import get_engine
-from matcher.db.models import Decision, DetectionRow
-from tests.review_support import SCENE, SECRET, clone_settings, env_for, sample_template, scene_annotations
+from matcher.db.models import Decision, DetectionRow, Product
+from tests.review_support import PASSWORD, SCENE, clone_settings, env_for, sample_template, scene_annotations
 
 from ui.launch import APP_PATH
 
 # Ceiling for one script run (uploading a photo loads the query engine and matches it): generous, for a loaded
 # 2-core machine.  AppTest returns as soon as the run ends, so a long ceiling costs nothing when all is well.
+HOSTILE_TITLE = "![pixel](http://127.0.0.1:9/x.png) **bold** <img src=x>"
 TIMEOUT = float(os.environ.get("MATCHER_APPTEST_TIMEOUT", "900"))
 
 
@@ -40,7 +43,8 @@ def settings(pg_server, template, tmp_path, monkeypatch):
 
 
 def _texts(at: AppTest, kind: str) -> list[str]:
-    return [e.value for e in getattr(at, kind)]
+    """The texts as a reader sees them: the app backslash-escapes punctuation in Markdown (ui.app.plain)."""
+    return [re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", e.value) for e in getattr(at, kind)]
 
 
 def _no_exceptions(at: AppTest) -> None:
@@ -53,12 +57,12 @@ def signed_in(name: str = "alice") -> AppTest:
     _no_exceptions(at)
     assert at.sidebar.button  # the sign-in form
     at.text_input(key="signin_name").input(name)
-    at.text_input(key="signin_secret").input("not the secret")
+    at.text_input(key="signin_password").input("not the password")
     at.sidebar.button[0].click().run()
-    assert any("wrong name or secret" in e for e in _texts(at, "error"))
+    assert any("wrong name or password" in e for e in _texts(at, "error"))
     assert "reviewer" not in at.session_state
     at.text_input(key="signin_name").input(name)
-    at.text_input(key="signin_secret").input(SECRET)
+    at.text_input(key="signin_password").input(PASSWORD)
     at.sidebar.button[0].click().run()
     _no_exceptions(at)
     assert at.session_state["reviewer"] == review.Reviewer(name)
@@ -180,9 +184,17 @@ def test_queue_shows_cli_matches_and_filters(settings):
 
     result = QueryEngine(settings).match(SCENE, boxes=scene_boxes(), store=True, source="cli")
     ids = [o.detection_id for o in result.objects]
+    with Session(get_engine(settings)) as session, session.begin():  # a hostile catalog export
+        session.execute(update(Product).values(title=HOSTILE_TITLE))
     at = signed_in("carol")
     at.sidebar.radio(key="page").set_value("Queue").run()
     _no_exceptions(at)
+    # Catalog text is shown literally: rendered as CommonMark (as the browser does) it has no image and no bold.
+    titles = [c.value for c in at.caption if "pixel" in c.value]
+    assert titles
+    for caption in titles:
+        html = MarkdownIt().render(caption)
+        assert "<img" not in html and "<strong>" not in html and "![pixel](http://127.0.0.1:9/x.png)" in html, html
     assert list(at.dataframe[0].value["detection"]) == ids  # oldest first
     assert f"Detection {ids[0]}" in " ".join(_texts(at, "markdown"))
     at.selectbox(key="q_band").set_value("none").run()

@@ -44,13 +44,13 @@ def test_crop_and_checkerboard():
 
 def test_launch_env_gives_the_app_the_same_settings(tmp_path):
     settings = Settings(data_dir=tmp_path / "d", database_url="postgresql://u@/db?host=/tmp", backend="classical",
-                        review_secret="s3", review_detectors=["rtdetr"], composite_background=(1, 2, 3),
+                        review_max_failed_sign_ins=3, review_detectors=["rtdetr"], composite_background=(1, 2, 3),
                         max_upload_bytes=5_000_000)
     env = launch_env(settings, base={})
     with mock.patch.dict(os.environ, env, clear=True):
         seen = Settings()
     assert seen.data_dir == settings.data_dir.resolve() and seen.database_url == settings.database_url
-    assert seen.review_secret.get_secret_value() == "s3" and seen.review_detectors == ["rtdetr"]
+    assert seen.review_max_failed_sign_ins == 3 and seen.review_detectors == ["rtdetr"]
     assert seen.composite_background == (1, 2, 3) and seen.max_upload_bytes == 5_000_000
     command = launch_command(settings, port=9999, headless=True, address="127.0.0.1")
     assert command[1:5] == ["-m", "streamlit", "run", str(APP_PATH)]

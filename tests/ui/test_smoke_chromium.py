@@ -44,7 +44,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.review_support import SCENE, SECRET, clone_settings, sample_template, scene_boxes
+from tests.review_support import PASSWORD, SCENE, clone_settings, sample_template, scene_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output"
@@ -324,7 +324,7 @@ def test_matcher_review_serves_a_page_that_headless_chromium_renders(pg_server, 
     get_engine(settings).dispose()
 
     env = {**os.environ, "MATCHER_DATABASE_URL": settings.database_url, "MATCHER_DATA_DIR": str(settings.data_dir),
-           "MATCHER_REVIEW_SECRET": SECRET, "MATCHER_BACKEND": "classical"}
+           "MATCHER_BACKEND": "classical"}
     env.pop("MATCHER_REVIEW_DETECTORS", None)
     matcher_bin = Path(sys.executable).with_name("matcher")
     command = [str(matcher_bin)] if matcher_bin.exists() else [sys.executable, "-m", "matcher.cli"]
@@ -350,7 +350,7 @@ def test_matcher_review_serves_a_page_that_headless_chromium_renders(pg_server, 
         browser.screenshot(shots[SIGNIN_SCREENSHOT])
 
         browser.type_into("Your name", "smoke")
-        browser.type_into("Shared secret", SECRET)
+        browser.type_into("Password", PASSWORD)
         browser.click('[data-testid="stSidebar"] button', "Sign in", "the sign-in button")
         browser.element('[data-testid="stSidebar"] p', "the signed-in reviewer", where=_has_text("Signed in as smoke"))
         browser.click('[data-testid="stSidebar"] [role="radiogroup"] label', "Queue", "the Queue page in the sidebar")

@@ -34,7 +34,7 @@ from matcher import review, service
 from matcher.query import QueryEngine
 from matcher.settings import Settings
 from matcher.types import Box
-from tests.review_support import SECRET, env_for
+from tests.review_support import PASSWORD, add_reviewers, env_for
 
 from ui.launch import APP_PATH
 
@@ -82,8 +82,9 @@ def test_training_from_the_app_on_review_decisions(bench_dir, pg_server, tmp_pat
     name = "tr_" + uuid.uuid4().hex[:10]
     pg_server.psql(f"CREATE DATABASE {name};")
     settings = Settings(database_url=pg_server.get_uri().replace("/postgres?", f"/{name}?", 1),
-                        data_dir=tmp_path / "data", backend="classical", review_secret=SECRET)
+                        data_dir=tmp_path / "data", backend="classical")
     report = run_index(catalog_file, settings, workers=2, progress=False)
+    add_reviewers(settings, ["alice"])
     assert report.counts["indexed"] + report.counts["mask_fail"] == len(catalog)
 
     # Scenes as `matcher match` stores them; reviewers decide every object through the review service.
@@ -111,7 +112,7 @@ def test_training_from_the_app_on_review_decisions(bench_dir, pg_server, tmp_pat
     at = AppTest.from_file(str(APP_PATH), default_timeout=APPTEST_TIMEOUT)
     at.run()
     at.text_input(key="signin_name").input("alice")
-    at.text_input(key="signin_secret").input(SECRET)
+    at.text_input(key="signin_password").input(PASSWORD)
     at.sidebar.button[0].click().run()
     at.sidebar.radio(key="page").set_value("Re-ranker").run()
     assert not at.exception

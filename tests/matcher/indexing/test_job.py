@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from matcher.db import repository as repo
@@ -225,3 +225,55 @@ def test_markup_in_catalog_text_is_printed_as_text(bench_dir, tmp_path, db_setti
     matched = runner.invoke(app, ["match", str(photo), "--box", f"0,0,{width},{height}", "--top-k", "1"])
     assert matched.exit_code == 0, matched.output
     assert "good[/red]one" in matched.output
+
+
+def test_stopping_the_embedded_database_under_a_run_gives_one_error_and_a_failed_run(bench_dir, tmp_path):
+    """``matcher db stop`` while ``matcher index --workers 2`` stores: one error line (exit 5), not a traceback
+    per item; the run's end is recorded as failed once the database is back."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from matcher.settings import Settings
+
+    catalog, _rows = _bench_subset(bench_dir, tmp_path, 10)
+    data_dir = tmp_path / "d"  # its own embedded server: stopping it must not touch the suite's
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MATCHER_DATABASE_URL")}
+    env.update(MATCHER_DATA_DIR=str(data_dir), MATCHER_BACKEND="classical", MATCHER_BATCH_SIZE="1")
+    matcher = [sys.executable, "-m", "matcher.cli"]
+    cwd = Path(__file__).resolve().parents[3]
+
+    def command(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([*matcher, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+    settings = Settings(data_dir=data_dir, database_url=None, backend="classical")
+    try:
+        assert command("db", "upgrade").returncode == 0
+        run = subprocess.Popen([*matcher, "index", str(catalog), "--workers", "2", "--no-progress"], env=env, cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        engine = get_engine(settings)
+        deadline = time.monotonic() + 180
+        with Session(engine) as session:  # wait until the run has stored something
+            while time.monotonic() < deadline and run.poll() is None:
+                if session.scalar(select(Cutout.id).limit(1)) is not None:
+                    break
+                session.rollback()
+                time.sleep(0.1)
+        engine.dispose()
+        assert run.poll() is None, "the run ended before the database could be stopped under it"
+        assert command("db", "stop").stdout.strip() == "stopped"
+        output, _ = run.communicate(timeout=180)
+        lines = [line for line in output.splitlines() if "platformdirs" not in line and "user_runtime_dir" not in line]
+        assert run.returncode == 5, output
+        assert "Traceback" not in output and output.count("error:") == 1, output
+        assert lines[0].startswith("error: run 1 stopped: the database stopped answering while storing") and len(lines) <= 6
+        runs = command("runs")  # starts the server again; the deferred end is recorded
+        assert runs.returncode == 0, runs.stdout + runs.stderr
+        with Session(get_engine(settings)) as session:
+            [(status, finished)] = session.execute(text("SELECT status, finished_at FROM index_runs")).all()
+        assert status == "failed" and finished is not None
+        assert not list((data_dir / "deferred-run-ends").rglob("*.json"))
+    finally:
+        get_engine(settings).dispose()
+        command("db", "stop")
