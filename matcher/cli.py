@@ -17,9 +17,12 @@ from rich.table import Table
 from . import service
 from .settings import Backend, Settings
 from .diffmask.cli import diffmask_command
+from .segmentation.cli import seg_app, segment_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Visual search and product matching for home furnishing.")
 app.command("diffmask")(diffmask_command)
+app.command("segment")(segment_command)
+app.add_typer(seg_app, name="seg")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema and the embedded server.")
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(no_args_is_help=True, help="Model weights: list what is present, fetch what is missing.")
@@ -377,21 +380,26 @@ def evaluate(
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare embedders on the same cutouts (repeat: classical, effnet:lite0, effnet:lite1:deep, ...); "
                         "needs --use-gt-boxes.")] = None,
+    segmenter: Annotated[Optional[str], typer.Option(
+        help="Segmenter for the catalog and the queries (default: from --backend; 'learned' = matcher seg train's "
+             "model in MATCHER_SEG_MODEL_DIR).")] = None,
 ) -> None:
     """Index the data set's catalog if needed, query every scene, report recall, mask quality and timings."""
     _require_dataset(dataset, scenes=True)
     _require_output_folder(json_out)
     _require_backends("detector", detector or [])
+    _require_backends("segmenter", [segmenter] if segmenter else [])
     if model:
         if not use_gt_boxes or detector:
             console.print("[red]error:[/red] --model compares embedders on ground-truth boxes: give --use-gt-boxes, no --detector")
             raise typer.Exit(2)
-        _compare_models(dataset, json_out, tuple(model), backend, limit, workers)
+        _compare_models(dataset, json_out, tuple(model), backend, segmenter, limit, workers)
         return
     if not use_gt_boxes and not detector:
         console.print("[red]error:[/red] give --use-gt-boxes and/or --detector NAME")
         raise typer.Exit(2)
-    report = service.evaluate_dataset(dataset, _settings(backend=backend), json_out=json_out, use_gt_boxes=use_gt_boxes,
+    report = service.evaluate_dataset(dataset, _settings(backend=backend, segmenter=segmenter), json_out=json_out,
+                                      use_gt_boxes=use_gt_boxes,
                                       detectors=tuple(detector or ()), limit=limit, workers=workers,
                                       progress=sys.stderr.isatty())
     for key in ("gt_boxes", "detected_boxes"):
@@ -404,11 +412,11 @@ def evaluate(
     console.print(f"report: {json_out} and {report['markdown']}")
 
 
-def _compare_models(dataset: Path, json_out: Path, models: tuple[str, ...], backend, limit, workers) -> None:
+def _compare_models(dataset: Path, json_out: Path, models: tuple[str, ...], backend, segmenter, limit, workers) -> None:
     from .evaluation.report import COMPARISON_HEADER, comparison_rows
 
     try:
-        report = service.compare_embedders(dataset, _settings(backend=backend), models, json_out=json_out, limit=limit,
+        report = service.compare_embedders(dataset, _settings(backend=backend, segmenter=segmenter), models, json_out=json_out, limit=limit,
                                            workers=workers, progress=sys.stderr.isatty())
     except (KeyError, ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")

@@ -73,7 +73,8 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(f"{source}: decompression bomb refused ({exc})") from exc
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, ImportError) as exc:
+        # ImportError: a wrapper around Image.open (Ultralytics' HEIF one) missing its decoder package.
         raise ImageLoadError(f"{source}: not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{source}: corrupt or truncated image ({exc})") from exc
@@ -116,3 +117,15 @@ def _to_rgb8(image: Image.Image) -> tuple[np.ndarray, bool]:
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(array), False
+
+
+def as_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any grey, RGB or RGBA array (uint8, or float in 0..1) as contiguous RGB uint8: what segmenters take."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.dstack([arr] * 3)
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        scale = 255.0 if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0 else 1.0
+        arr = np.clip(arr.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)

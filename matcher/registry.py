@@ -22,6 +22,7 @@ _BUILTIN_MODULES: dict[tuple[str, str], str] = {
     ("embedder", "effnet"): "matcher.backends.effnet_embedder",
     ("segmenter", "classical"): "matcher.backends.classical_segmenter",
     ("segmenter", "sam"): "matcher.backends.sam_segmenter",
+    ("segmenter", "learned"): "matcher.backends.learned_segmenter",
     ("detector", "rtdetr"): "matcher.backends.ultralytics_detector",
     ("detector", "yoloworld"): "matcher.backends.ultralytics_detector",
 }
@@ -82,8 +83,13 @@ def settings_for_model(model: str, settings: Settings) -> Settings:
                               "'open_clip:MODEL:PRETRAINED'")
 
 
+def segmenter_name(settings: Settings) -> str:
+    """The segmenter backend: ``settings.segmenter`` (``MATCHER_SEGMENTER``) if set, else the --backend preset's."""
+    return settings.segmenter or BACKEND_PRESETS[settings.backend]["segmenter"]
+
+
 def create_segmenter(settings: Settings, name: str | None = None):
-    return create("segmenter", name or BACKEND_PRESETS[settings.backend]["segmenter"], settings)
+    return create("segmenter", name or segmenter_name(settings), settings)
 
 
 class SpaceMismatchError(RuntimeError):
@@ -126,4 +132,4 @@ def check_backends(embedder, segmenter, embedder_id: str, segmenter_id: str) -> 
         raise SpaceMismatchError(
             f"search uses the space of embedder {embedder_id} + segmenter {segmenter_id}, but the models at hand are "
             f"{embedder.model_id} + {segmenter.segmenter_id}; point MATCHER_CLIP_CHECKPOINT / MATCHER_EFFNET_WEIGHTS / "
-            "MATCHER_SAM_CHECKPOINT at the checkpoints that space was built with")
+            "MATCHER_SAM_CHECKPOINT / MATCHER_SEG_MODEL_DIR at the checkpoints that space was built with")

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = 80_000_000
     max_image_bytes: int = 64 * 1024 * 1024
 
+    # --- Learned segmentation (matcher.segmentation, issue 13) ---
+    segmenter: str | None = Field(default=None, description="Segmenter backend name overriding the --backend preset "
+                                  "(e.g. 'learned').")
+    seg_model_dir: Path | None = Field(default=None, description="Model directory made by `matcher seg train` "
+                                       "(the 'learned' segmenter and `matcher segment`).")
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from ..colors import rgb_to_lab
+from ..imageio import as_rgb8
 from ..registry import register
 from ..settings import Settings
 from ..types import Box, Mask
@@ -662,7 +663,7 @@ class ClassicalSegmenter:
         self.use_grabcut = use_grabcut
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
-        image = _as_rgb8(image)
+        image = as_rgb8(image)
         h, w = image.shape[:2]
         if boxes is None:
             mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut))
@@ -689,17 +690,6 @@ class ClassicalSegmenter:
 
 # Share of the box size added on every side to sample the backdrop around a box.
 BOX_CONTEXT = 0.15
-
-
-def _as_rgb8(image: np.ndarray) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.dstack([arr] * 3)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        scale = 255.0 if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0 else 1.0
-        arr = np.clip(arr.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

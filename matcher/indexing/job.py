@@ -181,7 +181,7 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
         require_ray()  # fail before taking the lock when the extra is not installed
     engine = get_engine(settings)
     upgrade(engine)
-    segmenter_name = registry.BACKEND_PRESETS[settings.backend]["segmenter"]
+    segmenter_name = registry.segmenter_name(settings)
     embedder = registry.create_embedder(settings)
     segmenter = registry.create("segmenter", segmenter_name, settings)
     rows, catalog_errors = read_catalog(catalog)

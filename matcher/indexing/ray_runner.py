@@ -97,7 +97,7 @@ class _IndexActor:
 
         if os.path.isdir(driver_cwd):
             os.chdir(driver_cwd)  # relative image paths mean what they meant to the driver
-        segmenter_name = registry.BACKEND_PRESETS[settings.backend]["segmenter"]
+        segmenter_name = registry.segmenter_name(settings)
         segmenter = init_worker(settings, segmenter_name)  # this actor's segmenter, used by prepare_item
         self.embedder = registry.create_embedder(settings)
         self.engine = get_engine(settings)

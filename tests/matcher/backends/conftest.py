@@ -1,12 +1,3 @@
-import pytest
+"""Backend tests: tiny models on one torch thread."""
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one thread, and tests do not fight over the two cores."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.torch_support import one_torch_thread  # noqa: F401 - autouse for this folder

@@ -17,6 +17,7 @@ ensure_ultralytics_offline()  # before the first ultralytics import: it probes D
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
+import_ultralytics()  # undoes the PIL.Image.open patch the plain import above applied for the whole test session
 
 from matcher import registry, weights  # noqa: E402
 from matcher.backends.protocols import Detector  # noqa: E402

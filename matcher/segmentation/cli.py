@@ -1,0 +1,211 @@
+"""``matcher seg train|eval|export`` and ``matcher segment``: learned segmentation as commands.
+
+Wired in ``matcher/cli.py`` with ``app.add_typer(seg_app, name="seg")`` and
+``app.command("segment")(segment_command)``.  Every foreseeable failure (unreadable photo,
+unknown prompt, bad box or threshold, missing model, not a bench data set, unwritable output)
+ends with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .model import MissingSegModelError, find_model_dir
+
+__all__ = ["seg_app", "segment_command", "resolve_model_dir"]
+
+seg_app = typer.Typer(no_args_is_help=True, help="Learned segmentation: train, evaluate and export models.")
+_LOSSLESS = {".png"}
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def resolve_model_dir(option: Path | None) -> Path:
+    """--model, else MATCHER_SEG_MODEL_DIR, else the shipped default model; else how to train one."""
+    from ..settings import Settings
+
+    return option if option is not None else find_model_dir(Settings().seg_model_dir)
+
+
+def _load_model(option: Path | None):
+    from ..device import resolve_device
+    from ..settings import Settings
+    from .model import load_model_dir
+
+    return load_model_dir(resolve_model_dir(option), device=resolve_device(Settings().device))
+
+
+def _require_bench(dataset: Path) -> None:
+    needed = [dataset / "catalog" / "products.jsonl", dataset / "scenes" / "instances.json"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise _fail(f"not a bench-format data set: missing {', '.join(missing)}")
+
+
+def parse_box_xywh(text: str) -> tuple[float, float, float, float]:
+    """``"x,y,w,h"`` in photo pixels -> (x0, y0, x1, y1); ValueError with the reason."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        x, y, w, h = (float(p) for p in parts)
+    except ValueError as exc:
+        raise ValueError(f"--box {text!r} must be four numbers x,y,w,h") from exc
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"--box {text!r} must be finite with a positive width and height")
+    return (x, y, x + w, y + h)
+
+
+@seg_app.command("train")
+def train_command(
+    dataset: Annotated[Path, typer.Argument(help="Bench-format data set (catalog/products.jsonl + scenes/instances.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, config.json, model card, report/).")],
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation mIoU may stop sooner).")] = 14,
+    size: Annotated[int, typer.Option(min=64, max=1024, help="Box crops are resized to SIZE x SIZE.")] = 256,
+    text_size: Annotated[int, typer.Option(min=64, max=2048, help="Long side of whole photos for text prompts.")] = 384,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 42,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or mps (CUDA trains in mixed precision).")] = "auto",
+    max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop training when the next epoch would pass this "
+                                               "(0 = no limit).")] = 20.0,
+    baselines: Annotated[bool, typer.Option(help="Also score the untrained decoder and the classical segmenter.")] = True,
+    limit: Annotated[Optional[int], typer.Option(min=3, help="Only the first N scenes (smoke runs).")] = None,
+) -> None:
+    """Train box- and text-prompted segmentation; thresholds locked on validation; test report in OUT/report/."""
+    # Spinning OpenMP threads on a busy 2-core machine made training 3-6x slower; must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _require_bench(dataset)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise _fail(f"--out {out} exists and is not a model directory; choose an empty or new folder")
+    from .train import TrainOptions, train_model
+
+    opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
+                        device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit)
+    try:
+        data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    test = data["test"]
+    typer.echo(f"{out}: {data['model_id']}; test text mIoU {test['miou']:.3f} Dice {test['dice']:.3f}, "
+               f"box IoU {test['box_iou']:.3f}; report {out / 'report' / 'test_report.md'}")
+
+
+@seg_app.command("eval")
+def eval_command(
+    dataset: Annotated[Path, typer.Argument(help="Bench-format data set to evaluate on (all its scenes).")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report here (top-level miou, dice, box_iou, per_label).")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: MATCHER_SEG_MODEL_DIR).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Override the locked thresholds (both modes).")] = None,
+) -> None:
+    """Text prompts per label and box prompts from the ground-truth boxes, at the model's locked thresholds."""
+    from .evaluate import evaluate_model_dir
+
+    _require_bench(dataset)
+    if not json_out.parent.is_dir():
+        raise _fail(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise _fail("--threshold must be between 0 and 1")
+    try:
+        report = evaluate_model_dir(resolve_model_dir(model), dataset, threshold=threshold, json_out=json_out)
+    except (MissingSegModelError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{report['model']} on {dataset}: text mIoU {_f(report['miou'])} Dice {_f(report['dice'])}, box IoU "
+               f"{_f(report['box_iou'])}; unknown labels {report['unknown_labels'] or 'none'}, "
+               f"{report['unlabelled_instances']} unlabelled instances (box mode only); report {json_out}")
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@seg_app.command("export")
+def export_command(
+    onnx: Annotated[Path, typer.Option("--onnx", help="Write the network as ONNX here.")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: MATCHER_SEG_MODEL_DIR).")] = None,
+) -> None:
+    """Export the network to ONNX and check onnxruntime gives the same probabilities."""
+    from .export import ExportUnavailableError, export_onnx
+
+    try:
+        info = export_onnx(_load_model(model), onnx)
+    except (MissingSegModelError, ExportUnavailableError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{onnx}: max |onnxruntime - torch| probability difference {info['max_abs_diff']:.2e}")
+
+
+def segment_command(
+    photo: Annotated[Path, typer.Argument(help="The photo to segment.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Mask PNG to write: same size as the photo, values 0 and 255.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="What to segment, e.g. 'segment the armchair'.")] = None,
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="x,y,w,h in photo pixels; repeatable.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Probability threshold (default: the model's locked one).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: MATCHER_SEG_MODEL_DIR).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the regions and their scores as JSON.")] = False,
+) -> None:
+    """Segment every instance of a prompted label (or the objects in --box boxes) into a {0, 255} mask."""
+    from ..imageio import ImageLoadError, load_image
+    from .labels import UnknownPromptError, resolve_prompt
+    from .predict import segment_boxes, segment_prompt
+
+    try:
+        _check_segment_args(out, prompt, box, threshold)
+        boxes = [parse_box_xywh(b) for b in box or []]
+        seg_model = _load_model(model)
+        label = resolve_prompt(prompt, seg_model.config.labels) if prompt else None
+        rgb = load_image(photo).rgb
+    except (ValueError, UnknownPromptError, ImageLoadError, MissingSegModelError) as exc:
+        raise _fail(str(exc)) from None
+    if label is not None:
+        result = segment_prompt(rgb, label, seg_model, threshold=threshold)
+        mask, summary = result.mask, {"prompt": prompt, **result.to_dict()}
+    else:
+        results = segment_boxes(rgb, boxes, seg_model, threshold=threshold)
+        mask = _union([r.mask for r in results], rgb.shape[:2])
+        summary = {"boxes": [r.to_dict() for r in results], "coverage": round(float((mask > 0).mean()), 6)}
+    _write_mask(mask, out)
+    summary = {"photo": str(photo), "mask": str(out), "model": seg_model.model_id, **summary}
+    typer.echo(json.dumps(summary, indent=2) if json_output else _one_line(summary))
+
+
+def _check_segment_args(out: Path, prompt, box, threshold) -> None:
+    if bool(prompt) == bool(box):
+        raise ValueError("give either --prompt TEXT or one or more --box x,y,w,h")
+    if out.suffix.lower() not in _LOSSLESS:
+        raise ValueError(f"--out {out}: a mask must be written as .png")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise ValueError("--threshold must be between 0 and 1")
+
+
+def _union(masks, shape):
+    import numpy as np
+
+    out = np.zeros(shape, dtype=np.uint8)
+    for m in masks:
+        out = np.maximum(out, m)
+    return out
+
+
+def _write_mask(mask, out: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(out)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+
+
+def _one_line(summary: dict) -> str:
+    if "label" in summary:
+        return (f"{summary['mask']}: {summary['label']}, {len(summary['regions'])} region(s), "
+                f"{summary['coverage']:.2%} of the photo, threshold {summary['threshold']}")
+    return f"{summary['mask']}: {len(summary['boxes'])} box(es), {summary['coverage']:.2%} of the photo"

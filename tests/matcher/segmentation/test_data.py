@@ -1,0 +1,92 @@
+"""Reading bench-format data, the image-id split, and the training samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matcher.segmentation.data import (Augment, NotABenchError, box_sample, decode_mask, load_rgb, read_bench,
+                                       split_bench, split_image_ids, text_canvas, text_sample)
+
+
+def test_read_bench_labels_instances_from_the_catalog(tiny_bench):
+    bench = read_bench(tiny_bench)
+    assert len(bench.scenes) == 14
+    counts = bench.label_counts()
+    assert set(counts) == {"armchair", "chair", "table", "(none)"}
+    scene = bench.scenes[1]
+    assert scene.ignore_boxes == [(0, 0, 3, 3)]
+    mask = decode_mask(scene.instances[0].rle, scene.height, scene.width)
+    assert mask.shape == (48, 64) and mask.sum() == scene.instances[0].area
+
+
+def test_not_a_bench(tmp_path):
+    with pytest.raises(NotABenchError, match="products.jsonl"):
+        read_bench(tmp_path)
+
+
+def test_split_keeps_every_label_in_every_split_and_shares_no_image(tiny_bench):
+    bench = read_bench(tiny_bench)
+    split = split_bench(bench, seed=42)
+    ids = [set(split[name]) for name in ("train", "val", "test")]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert set().union(*ids) == set(bench.scenes)
+    for name in ("train", "val", "test"):
+        assert set().union(*(bench.scenes[i].labels for i in split[name])) == {"armchair", "chair", "table"}
+    assert split == split_bench(bench, seed=42)  # seeded
+
+
+def test_split_sizes_and_rare_labels():
+    labels = {i: {"common"} for i in range(100)}
+    labels[3] = {"common", "rare"}
+    labels[50] = {"rare"}
+    labels[70] = {"rare"}
+    labels[80] = {"twice"}
+    labels[81] = {"twice"}
+    split = split_image_ids(labels, seed=42)
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (70, 15, 15)
+    for name in ("train", "val", "test"):
+        assert any("rare" in labels[i] for i in split[name])
+    # Two images: one stays in train, the other goes to test (test before val).
+    assert any("twice" in labels[i] for i in split["train"]) and any("twice" in labels[i] for i in split["test"])
+
+
+def test_text_canvas_is_a_multiple_of_32():
+    assert text_canvas(600, 800, 384) == (288, 384)
+    assert text_canvas(1000, 500, 320) == (320, 160)
+
+
+def test_box_sample_crops_the_box_with_its_margin(tiny_bench):
+    bench = read_bench(tiny_bench)
+    scene = bench.scenes[2]
+    inst = scene.instances[0]
+    image = load_rgb(scene.path)
+    x, y, w, h = inst.bbox
+    crop, target = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    assert target.shape == (32, 32) and 0.3 < target.mean() <= 1.0
+    rng = np.random.default_rng(0)
+    jittered, _ = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1, rng,
+                             Augment())
+    assert jittered.shape == (32, 32, 3)
+
+
+def test_text_sample_has_one_channel_per_label_and_the_ignore_region(tiny_bench):
+    bench = read_bench(tiny_bench)
+    scene = bench.scenes[1]
+    image = load_rgb(scene.path)
+    crop, targets, ignore = text_sample(image, scene, ["armchair", "chair", "table"], (64, 96))
+    assert crop.shape == (64, 96, 3) and targets.shape == (3, 64, 96) and ignore.shape == (64, 96)
+    present = {["armchair", "chair", "table"][c] for c in range(3) if targets[c].max() > 0}
+    assert present == scene.labels
+    assert ignore[:3, :3].min() > 0.5 and ignore[-5:, -5:].max() == 0
+
+
+def test_photometric_augmentation_keeps_uint8_images():
+    import torch
+
+    torch.manual_seed(0)
+    transform = Augment(jpeg_p=1.0).photometric()
+    crop = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    out = transform(crop, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == (32, 32, 3) and not np.array_equal(out, crop)

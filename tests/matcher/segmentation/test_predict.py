@@ -1,0 +1,89 @@
+"""Text and box prompts give full-size masks with values exactly {0, 255}."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matcher.segmentation.predict import (clean_box_mask, clean_text_mask, clip_to_box, paste, segment_boxes,
+                                          segment_prompt)
+
+from .conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def photo(h=50, w=70):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("threshold", [0.0001, 0.5, 0.9999])
+def test_segment_prompt_full_size_binary_mask(model, threshold):
+    result = segment_prompt(photo(), "chair", model, threshold=threshold)
+    assert result.mask.shape == (50, 70) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 255}
+    assert sum(r.area for r in result.regions) == int((result.mask > 0).sum())
+    assert all(0.0 <= r.score <= 1.0 for r in result.regions)
+    assert result.to_dict()["label"] == "chair"
+
+
+def test_lowest_threshold_covers_the_photo(model):
+    assert (segment_prompt(photo(), "table", model, threshold=1e-9).mask == 255).all()
+
+
+def test_unknown_label_is_an_error(model):
+    with pytest.raises(ValueError, match="does not know"):
+        segment_prompt(photo(), "spaceship", model)
+
+
+def test_segment_boxes_full_size_masks_inside_their_boxes(model):
+    boxes = [(5, 5, 30, 40), (40, 10, 69, 49), (-10, -10, 20, 20)]  # the last one leaves the photo
+    results = segment_boxes(photo(), boxes, model, threshold=1e-9)
+    assert len(results) == 3
+    for result, (x0, y0, x1, y1) in zip(results, boxes):
+        assert result.mask.shape == (50, 70) and set(np.unique(result.mask)) <= {0, 255}
+        ys, xs = np.nonzero(result.mask)
+        assert xs.min() >= max(0, x0 - 1) and xs.max() <= x1 + 1 and ys.min() >= max(0, y0 - 1)
+
+
+def test_greyscale_and_float_photos_are_accepted(model):
+    grey = photo()[..., 0]
+    assert segment_prompt(grey, "chair", model).mask.shape == (50, 70)
+    assert segment_boxes(photo().astype(np.float32) / 255.0, [(1, 1, 20, 20)], model)[0].mask.shape == (50, 70)
+
+
+def test_paste_drops_what_is_outside():
+    full = paste((-2, -2, 3, 3), np.ones((5, 5), np.float32), (4, 4))
+    assert full.sum() == 9 and full[:3, :3].all()
+
+
+def test_clip_to_box():
+    mask = np.ones((20, 20), bool)
+    assert clip_to_box(mask, (5, 5, 10, 10), tolerance=0.0).sum() == 25
+
+
+def test_clean_box_mask_keeps_big_pieces_and_fills_pin_holes():
+    mask = np.zeros((40, 40), bool)
+    mask[5:30, 5:30] = True
+    mask[15, 15] = False  # a pin-hole
+    mask[35, 35] = True  # a speck
+    cleaned = clean_box_mask(mask)
+    assert cleaned[15, 15] and not cleaned[35, 35]
+
+
+def test_clean_text_mask_keeps_several_instances():
+    mask = np.zeros((200, 200), bool)
+    mask[10:60, 10:60] = True
+    mask[100:150, 120:160] = True
+    mask[190, 190] = True
+    cleaned = clean_text_mask(mask)
+    assert cleaned[30, 30] and cleaned[120, 130] and not cleaned[190, 190]
+
+
+def test_a_box_under_a_pixel_gives_an_empty_mask(model):
+    results = segment_boxes(photo(), [(5, 5, 5.5, 30), (1, 1, 20, 20)], model, threshold=1e-9)
+    assert results[0].mask.max() == 0 and results[0].score == 0.0 and results[1].mask.max() == 255

@@ -1,0 +1,132 @@
+"""Training: the loss, a tiny overfit, the validation-locked threshold and the whole run on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from matcher.segmentation.data import read_bench, split_bench
+from matcher.segmentation.model import load_model_dir
+from matcher.segmentation.train import (Augment, ImageCache, TrainOptions, box_loss, build_batch,
+                                        freeze_early_layers, make_optimizer, plan_epoch, sweep_thresholds, text_loss,
+                                        train_model, train_step)
+
+from .conftest import TINY_LABELS, tiny_model
+
+TINY = dict(box_size=64, text_long_side=64, decoder_channels=(16, 16, 8, 8, 8), imagenet=False, box_batch=4,
+            text_batch=2, panels=1, max_train_minutes=None, thresholds=(0.3, 0.5, 0.7), min_label_instances=1)
+
+
+def test_box_loss_ignores_weighted_out_pixels_and_rewards_the_truth():
+    import torch
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4, :] = 1
+    weight = torch.ones(1, 1, 8, 8)
+    good, bad = (target * 20 - 10), (10 - target * 20)
+    assert float(box_loss(good, target, weight)) < 0.01 < float(box_loss(bad, target, weight))
+    weight[..., 4:, :] = 0  # the wrong half no longer counts
+    half_wrong = good.clone()
+    half_wrong[..., 4:, :] = 10
+    assert float(box_loss(half_wrong, target, weight)) < 0.01
+
+
+def test_text_loss_makes_labels_compete():
+    import torch
+
+    targets = torch.zeros(1, 2, 8, 8)
+    targets[0, 0, :4] = 1  # label 0 on top, background below
+    weight = torch.ones(1, 1, 8, 8)
+    right = torch.full((1, 2, 8, 8), -10.0)
+    right[0, 0, :4] = 10
+    both = right.clone()
+    both[0, 1, :4] = 10  # "an object is here" for every label: now penalised
+    assert float(text_loss(right, targets, weight)) < 0.01 < float(text_loss(both, targets, weight))
+
+
+def test_loss_decreases_on_a_tiny_overfit(tiny_bench):
+    import torch
+
+    torch.manual_seed(0)
+    bench = read_bench(tiny_bench)
+    split = split_bench(bench)
+    opts = TrainOptions(**TINY, lr=1e-2, encoder_lr=1e-3, warmup_steps=1)
+    model = tiny_model()
+    images, rng = ImageCache(bench), np.random.default_rng(0)
+    plan = plan_epoch(bench, split["train"], rng, opts)
+    batches = [(k, build_batch(k, items, bench, images, TINY_LABELS, opts, rng, Augment(enabled=False),
+                               lambda crop, _rng: crop)) for k, items in plan[:2]]
+    freeze_early_layers(model.net, 2)
+    optimizer, scheduler, _ = make_optimizer(model.net, opts, 40)
+    model.net.train()
+    losses = [sum(train_step(model.net, b, optimizer, scheduler, None, opts, "cpu") for b in batches)
+              for _ in range(20)]
+    assert losses[-1] < 0.75 * losses[0] and losses[-1] == pytest.approx(min(losses), rel=0.1), losses
+
+
+def test_threshold_is_chosen_on_validation_and_stored(tiny_bench, monkeypatch):
+    from matcher.segmentation import train
+
+    bench = read_bench(tiny_bench)
+    split = split_bench(bench)
+    model = tiny_model()
+    seen: list[list[int]] = []
+    real = train.run_tallies
+    monkeypatch.setattr(train, "run_tallies", lambda m, b, ids, **kw: seen.append(list(ids)) or real(m, b, ids, **kw))
+    sweep = sweep_thresholds(model, bench, split["val"], ImageCache(bench), (0.2, 0.5, 0.8))
+    assert all(ids == split["val"] for ids in seen)  # the test split is never read
+    best_text = max(sweep["text"], key=lambda k: sweep["text"][k]["miou"])  # "0.5" or "mirror 0.5"
+    assert model.config.threshold_text == sweep["chosen"]["text"] == float(best_text.split()[-1])
+    assert model.config.flip_tta_text == best_text.startswith("mirror")
+    assert model.config.threshold_box == sweep["chosen"]["box"]
+    assert model.config.postprocess_text == sweep["postprocess_locked"]["text"]
+
+
+def test_train_model_end_to_end(tiny_bench, tmp_path):
+    out = tmp_path / "model"
+    lines: list[str] = []
+    data = train_model(tiny_bench, out, TrainOptions(**TINY, epochs=2), report=lines.append)
+    config = json.loads((out / "config.json").read_text())
+    assert config["threshold_text"] == data["sweep"]["chosen"]["text"]
+    assert config["threshold_box"] == data["sweep"]["chosen"]["box"]
+    assert config["labels"] == TINY_LABELS
+    assert config["extra"]["training"]["seed"] == 42
+    for key in ("miou", "dice", "box_iou", "per_label"):
+        assert key in data["test"]
+    assert data["untrained"]["box_iou"] is not None and data["classical"]["box_iou"] is not None
+    assert data["timing"]["text_ms_per_image"] > 0 and data["weights_mb"] > 0
+    report_dir = out / "report"
+    assert (report_dir / "test_report.json").is_file() and "Per label" in (report_dir / "test_report.md").read_text()
+    assert len(list(report_dir.glob("panel_*.png"))) == 1
+    card = (out / "model_card.md").read_text()
+    assert config["weights_sha256"] in card and "CREDITS.md" in card
+    assert load_model_dir(out).config.threshold_text == config["threshold_text"]
+    assert any("epoch 2" in line for line in lines)
+
+
+def test_too_little_data_is_a_clear_error(tiny_bench, tmp_path):
+    with pytest.raises(ValueError, match="too few"):
+        train_model(tiny_bench, tmp_path / "m", TrainOptions(**TINY, epochs=1, limit_images=3), report=lambda _: None)
+
+
+def test_rare_labels_get_no_channel(tiny_bench):
+    from matcher.segmentation.train import labels_to_learn
+
+    bench = read_bench(tiny_bench)
+    ids = sorted(bench.scenes)
+    counts = bench.label_counts(ids)
+    assert labels_to_learn(bench, ids) == TINY_LABELS
+    assert labels_to_learn(bench, ids, min_instances=counts["table"] + 1) == [
+        label for label in TINY_LABELS if counts[label] > counts["table"]]
+
+
+def test_epochs_in_budget():
+    from matcher.segmentation.train import epochs_in_budget
+
+    opts = TrainOptions(epochs=14, max_train_minutes=20.0)
+    assert epochs_in_budget(opts, 1, 2.0) == 9  # 2 min per epoch, 5 % margin
+    assert epochs_in_budget(opts, 1, 0.5) == 14
+    assert epochs_in_budget(opts, 8, 30.0) == 8  # never fewer than done
+    assert epochs_in_budget(TrainOptions(epochs=5, max_train_minutes=None), 1, 100.0) == 5
