@@ -199,6 +199,7 @@ def save_model_dir(model, config: SegConfig, out: Path, card: str, *, half: bool
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
                for k, v in model.state_dict().items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "matcher-seg", "labels": ",".join(config.labels)})
+    (out / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a model directory is shared read-only data
     config.weights_sha256 = hash_file(out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(config.to_json())
     (out / CARD_FILE).write_text(card.replace("{weights_sha256}", config.weights_sha256))

@@ -120,6 +120,10 @@ def _boxes_drawn(image: np.ndarray, boxes) -> np.ndarray:
     return out
 
 
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in counts.items())
+
+
 def _on(flag) -> str:
     return "on" if flag else "off"
 
@@ -141,7 +145,9 @@ def per_label_table(fine: dict, untrained: dict | None) -> list[str]:
 def markdown_report(data: dict[str, Any]) -> str:
     fine, untrained, classical = data["test"], data.get("untrained"), data.get("classical")
     cfg, sweep, timing = data["config"], data["sweep"], data["timing"]
+    left_out = data.get("labels_left_out") or {}
     lines = [f"# Learned segmentation: test report ({data['model_id']})", "",
+             *([f"Labels without a channel (too few training instances): {_counts(left_out)}.", ""] if left_out else []),
              f"Data set `{data['dataset']}`, split {data['split_sizes']} (seed {cfg['extra']['training']['seed']}); "
              f"{data['test']['images']} test photos. Total run {data['total_minutes']:.1f} min "
              f"(training {data['train_minutes']:.1f} min, {data['history']['stopped_by']}, best epoch "
@@ -199,7 +205,9 @@ def model_card(data: dict[str, Any]) -> str:
         f"0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a UNet-style decoder. Channel 0 "
         "segments the object of a box crop; one channel per label segments that label in a whole photo.", "",
         f"- weights: `{WEIGHTS_FILE}` (fp16), sha256 `{{weights_sha256}}`",
-        f"- labels: {', '.join(cfg['labels'])}",
+        f"- labels: {', '.join(cfg['labels'])}"
+        + (f" (not learned, too few training instances: {_counts(data['labels_left_out'])}; `matcher seg eval` "
+           "reports them apart)" if data["labels_left_out"] else ""),
         f"- thresholds (locked on the validation split): text {cfg['threshold_text']}, box {cfg['threshold_box']}; "
         f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; mirror averaging "
         f"text {_on(cfg['flip_tta_text'])}, box {_on(cfg['flip_tta_box'])}",
@@ -212,6 +220,10 @@ def model_card(data: dict[str, Any]) -> str:
         "titles and tags through `matcher/segmentation/label_map.json`.",
         f"Split by image id, seed {train['seed']}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    matcher seg train {train['dataset']} --out MODEL_DIR --seed {train['seed']}", "",
+        f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "
+        f"{data['history']['stopped_by']}. The default stops at a 20-minute budget, so a busier machine runs fewer "
+        f"epochs (the weights are reproducible on the same machine and load); `--max-minutes 0` runs all "
+        f"{train['epochs']}.", "",
         "## Test metrics", "",
         f"- text prompts: mIoU {_fmt(fine['miou'])}, Dice {_fmt(fine['dice'])} (per label in report/test_report.md)",
         f"- box prompts: instance IoU {_fmt(fine['box_iou'])}"
@@ -244,6 +256,8 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
         "train_minutes": ctx["train_seconds"] / 60.0,
         "machine": f"{platform.machine()}, {_threads()} torch threads, device {model.device}",
         "panels": write_panels(model, bench, split["test"], images, folder, opts.panels),
+        "labels_left_out": {k: v for k, v in bench.label_counts(split["train"]).items()
+                            if k != "(none)" and k not in cfg.labels},
     }
     data["total_minutes"] = (time.perf_counter() - ctx["started"]) / 60.0
     folder.mkdir(parents=True, exist_ok=True)
