@@ -33,6 +33,8 @@ rerank_app = typer.Typer(no_args_is_help=True, help="Train, list and activate re
 app.add_typer(rerank_app, name="rerank")
 reviewers_app = typer.Typer(no_args_is_help=True, help="Reviewer accounts for the review app (admin).")
 app.add_typer(reviewers_app, name="reviewers")
+dataset_app = typer.Typer(no_args_is_help=True, help="Versioned data sets made from review work.")
+app.add_typer(dataset_app, name="dataset")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -366,6 +368,97 @@ def _print_match(result, top_k: int) -> None:
         console.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items() if v)
     console.print(f"timings: {timings}")
+
+
+@app.command("layers")
+def layers(
+    photo: Annotated[Path, typer.Argument(help="A room photo.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for png/, background.png, layers.psd, manifest.json.")],
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="x,y,w,h in pixels; repeatable.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Every instance of a label, e.g. 'the armchairs'.")] = None,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detector backend(s), e.g. rtdetr.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="--prompt's mask threshold (default: calibrated).")] = None,
+    inpaint: Annotated[str, typer.Option(help="Background filling: telea or ns (OpenCV inpainting).")] = "telea",
+    match: Annotated[bool, typer.Option(help="Name layers by their best catalog product when a catalog is indexed.")] = True,
+    backend: Annotated[Optional[Backend], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and checks as JSON.")] = False,
+) -> None:
+    """Take a photo apart: one matted RGBA layer per object over the filled background, as PNGs and a layered PSD."""
+    import json as jsonlib
+
+    from .imageio import ImageLoadError
+    from .layers import INPAINT_METHODS
+    from .query import parse_box
+    from .registry import SpaceMismatchError, UnknownBackendError
+    from .segmentation.model import MissingSegModelError
+    from .take_apart import LayersRequest
+
+    try:
+        if inpaint not in INPAINT_METHODS:
+            raise ValueError(f"--inpaint {inpaint!r}: use one of {', '.join(INPAINT_METHODS)}")
+        request = LayersRequest(boxes=tuple(parse_box(b) for b in box or ()), prompt=prompt,
+                                detectors=tuple(detector or ()), threshold=threshold, inpaint=inpaint, match=match)
+        result = service.take_apart(photo, out, _settings(backend=backend), request)
+    except (ImageLoadError, SpaceMismatchError, UnknownBackendError, MissingSegModelError, ValueError, OSError,
+            *_weight_errors()) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    for warning in result.layer_set.warnings():
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    if as_json:
+        typer.echo(jsonlib.dumps(result.to_dict(), indent=2))
+    else:
+        _print_layers(result)
+    if result.psd_problems:
+        raise typer.Exit(1)
+
+
+def _print_layers(result) -> None:
+    data = result.manifest
+    console.print(f"{escape(data['photo'])} ({data['width']}x{data['height']}) -> {escape(str(result.out_dir))}: "
+                  f"{len(data['layers'])} layers over background.png, layers.psd, manifest.json", highlight=False)
+    table = Table("z", "file", "label", "box x,y,w,h", "offset", "mask score", "sku", "match")
+    for entry in data["layers"]:
+        table.add_row(str(entry["z"]), escape(entry["file"]), escape(entry["label"]),
+                      ",".join(f"{v:.0f}" for v in entry["box"]), ",".join(str(v) for v in entry["offset"]),
+                      f"{entry['mask_score']:.2f}", escape(entry["sku"] or "-"),
+                      "-" if entry["match_score"] is None else f"{entry['match_score']:.3f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    checks = "PSD re-read: layers, names, offsets and alpha as in the manifest" if not result.psd_problems else \
+        "PSD re-read: " + escape("; ".join(result.psd_problems))
+    console.print(f"{checks}; composite error {result.composite_error:.2f}/255 where objects were; "
+                  f"{result.seconds:.2f} s", highlight=False)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the data set (never overwritten).")],
+    name: Annotated[str, typer.Option("--name", help="Data set name, e.g. reviewed-rooms.")],
+    version: Annotated[str, typer.Option("--version", help="Version label, e.g. v1.")],
+    seed: Annotated[int, typer.Option(help="Seed of the train/val/test split by photo.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Corrected and verified masks with their photos as a bench-format data set (COCO + split + metadata),
+    ready for `matcher seg train OUT`."""
+    import json as jsonlib
+
+    from .datasets import DatasetExportError
+
+    try:
+        report = service.export_dataset(_settings(), out, name=name, version=version, seed=seed)
+    except (DatasetExportError, OSError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(jsonlib.dumps(report.to_dict(), indent=2))
+        return
+    console.print(f"{escape(name)} {escape(version)} -> {escape(str(report.out_dir))}: {report.images} photos, "
+                  f"{report.annotations} masks ({', '.join(f'{k} {v}' for k, v in report.methods.items())}); "
+                  f"split {report.splits}; labels {escape(str(report.labels))}", highlight=False)
+    for reason in report.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {escape(reason)}", highlight=False)
 
 
 @app.command("eval")

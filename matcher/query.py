@@ -148,8 +148,7 @@ class QueryEngine:
     # --- stages ----------------------------------------------------------------------------
 
     def find(self, image: LoadedImage) -> list[Detection]:
-        per_source = {d.detector_id: d.detect(image.rgb) for d in self.detectors}
-        return fuse_detections(per_source, image.width, image.height, self.fusion)
+        return find_objects(self.detectors, image, self.fusion)
 
     def trace(self, image: LoadedImage, detections: Sequence[Detection]) -> list[np.ndarray]:
         """Full-size boolean masks, one per detection (the image is encoded once)."""
@@ -160,15 +159,10 @@ class QueryEngine:
 
     @staticmethod
     def crop_box(image: LoadedImage, detection: Detection) -> Box:
-        return detection.box.expand(CROP_MARGIN, image.width, image.height)
+        return crop_box(image, detection)
 
     def polish(self, image: LoadedImage, detection: Detection, mask: np.ndarray) -> Cutout:
-        """Trimap matting on the crop around the box, so cost scales with the object, not the photo."""
-        rows, cols = self.crop_box(image, detection).int_slices()
-        from .types import Mask
-
-        crop_mask = Mask(binary=mask[rows, cols], score=detection.score, source=self.segmenter.segmenter_id)
-        return make_cutout(np.ascontiguousarray(image.rgb[rows, cols]), crop_mask, self.settings)
+        return cut_out(image, detection, mask, self.segmenter.segmenter_id, self.settings)
 
     def identify(self, cutouts: Sequence[Cutout], detections: Sequence[Detection], top_n: int,
                  category_filter: bool, timings: dict[str, float]) -> list[list[Candidate]]:
@@ -239,7 +233,7 @@ class QueryEngine:
             image = load_image(image, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
         timings = {stage: 0.0 for stage in STAGES}
         with _timed(timings, "find"):
-            detections = self._user_detections(image, boxes, box_categories) if boxes is not None else self.find(image)
+            detections = user_detections(image, boxes, box_categories) if boxes is not None else self.find(image)
         if boxes is None and not self.detectors:
             raise ValueError("no detector configured: pass boxes (--box x,y,w,h) or --detector NAME")
         with _timed(timings, "trace"):
@@ -255,17 +249,6 @@ class QueryEngine:
             with _timed(timings, "store"):
                 self._store(result, image, source, artifacts_dir or self.settings.artifacts_dir / "queries")
         return result
-
-    @staticmethod
-    def _user_detections(image: LoadedImage, boxes: Sequence[Box], categories: Sequence[str | None] | None) -> list[Detection]:
-        detections = []
-        for i, box in enumerate(boxes):
-            clipped = box.clip(image.width, image.height)
-            if clipped.width < 4 or clipped.height < 4:
-                raise ValueError(f"box {box.xywh()} lies outside the {image.width}x{image.height} image or is too small")
-            category = categories[i] if categories else None
-            detections.append(Detection(box=clipped, score=1.0, label=category or "user box", category=category, source="user"))
-        return detections
 
     def _store(self, result: MatchResult, image: LoadedImage, source: str, artifacts_root: Path) -> None:
         with Session(self.engine) as session, session.begin():
@@ -292,6 +275,38 @@ class QueryEngine:
                      "explanation": c.explanation}
                     for rank, c in enumerate(obj.candidates[: self.settings.stored_candidates])])
             result.query_id = query_id
+
+
+def find_objects(detectors: Sequence, image: LoadedImage, fusion: FusionConfig | None = None) -> list[Detection]:
+    """Every detector's boxes, fused into one list."""
+    per_source = {d.detector_id: d.detect(image.rgb) for d in detectors}
+    return fuse_detections(per_source, image.width, image.height, fusion or FusionConfig())
+
+
+def user_detections(image: LoadedImage, boxes: Sequence[Box], categories: Sequence[str | None] | None = None) -> list[Detection]:
+    """Boxes a user drew, clipped to the photo; a box outside it or under 4 px is a ValueError."""
+    detections = []
+    for i, box in enumerate(boxes):
+        clipped = box.clip(image.width, image.height)
+        if clipped.width < 4 or clipped.height < 4:
+            raise ValueError(f"box {box.xywh()} lies outside the {image.width}x{image.height} image or is too small")
+        category = categories[i] if categories else None
+        detections.append(Detection(box=clipped, score=1.0, label=category or "user box", category=category, source="user"))
+    return detections
+
+
+def crop_box(image: LoadedImage, detection: Detection) -> Box:
+    """The region matted for a detection: its box with a margin for the matte's soft edge."""
+    return detection.box.expand(CROP_MARGIN, image.width, image.height)
+
+
+def cut_out(image: LoadedImage, detection: Detection, mask: np.ndarray, segmenter_id: str, settings: Settings) -> Cutout:
+    """Trimap matting on the crop around the box, so cost scales with the object, not the photo."""
+    from .types import Mask
+
+    rows, cols = crop_box(image, detection).int_slices()
+    crop_mask = Mask(binary=mask[rows, cols], score=detection.score, source=segmenter_id)
+    return make_cutout(np.ascontiguousarray(image.rgb[rows, cols]), crop_mask, settings)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from .db.engine import database_url, get_engine
 from .db.migrate import upgrade
 from .imageio import ImageLoadError, decode_image, load_image
 from .settings import Settings
+from .mask_edit import Hint
 from .types import Box
 
 log = logging.getLogger(__name__)
@@ -497,7 +498,8 @@ def _conflict(session: Session, detection_id: int, action: str) -> ConflictError
             f"at {when}; your {action} was not saved", detection_id=detection_id, decided_by=last.reviewer,
             verdict=last.verdict, status=row.status)
     if row.status == "superseded":
-        return ConflictError(f"detection {detection_id} was replaced by an adjusted box; your {action} was not saved",
+        return ConflictError(f"detection {detection_id} was replaced by an adjusted box or a corrected mask; your "
+                             f"{action} was not saved",
                              detection_id=detection_id, status=row.status)
     return ConflictError(f"detection {detection_id} changed since you loaded it (a decision was undone); "
                          f"reload and {action} again", detection_id=detection_id, status=row.status)
@@ -754,24 +756,136 @@ def rerun_detection(settings: Settings, detection_id: int, box: Box, engine, *, 
 
     The old detection is marked superseded (optimistic lock as for decisions); the
     rest of the photo's detections are untouched."""
-    view = detection_view(settings, detection_id)
-    if not view.pending or view.version != expected_version:
-        with _session(settings) as session:
-            raise _conflict(session, int(detection_id), "box adjustment")
-    try:
-        photo = load_image(view.image_path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-    except ImageLoadError as exc:
-        raise ReviewError(f"cannot re-run detection {detection_id}: {exc}") from exc
-    if photo.sha256 != _query_sha(settings, view.query_id):
-        raise ReviewError(f"cannot re-run detection {detection_id}: the photo at {view.image_path} changed since it was matched")
+    view = _pending_view(settings, detection_id, expected_version, "box adjustment")
+    photo = _photo_of(settings, view)
     try:
         result = engine.match(photo, boxes=[box], box_categories=[view.category], store=False)
     except ValueError as exc:
         raise ReviewError(str(exc)) from exc
-    obj = result.objects[0]
+    name = reviewer.name if isinstance(reviewer, Reviewer) else reviewer
+    return _replace_detection(settings, view, expected_version, result.objects[0], action="box adjustment",
+                              label=f"adjusted by {name}" if name else "adjusted box", source="review-adjust")
+
+
+def preview_mask(settings: Settings, detection_id: int, engine, *, add: Sequence[Hint] = (),
+                 remove: Sequence[Hint] = ()) -> np.ndarray:
+    """The detection's mask after the reviewer's hints (photo-sized bool), nothing stored."""
+    view = detection_view(settings, detection_id)
+    return _refined(settings, view, _photo_of(settings, view), engine, add, remove)
+
+
+def correct_mask(settings: Settings, detection_id: int, engine, *, add: Sequence[Hint] = (), remove: Sequence[Hint] = (),
+                 expected_version: int, reviewer: Reviewer | str) -> DetectionView:
+    """Accept a reviewer's mask fix: the corrected mask is matted, re-matched and stored as a new version.
+
+    A new detection carrying the corrected mask and its re-ranked candidates replaces the old one
+    (as a box adjustment does), and the mask itself goes to ``mask_corrections`` with the reviewer,
+    the time, the hints and its version, as training data for the segmenter."""
+    from .query import QueryObject, cut_out
+    from .types import Detection
+
+    if not add and not remove:
+        raise ReviewError("mark at least one region to add or remove")
+    view = _pending_view(settings, detection_id, expected_version, "mask correction")
+    photo = _photo_of(settings, view)
+    mask = _refined(settings, view, photo, engine, add, remove)
+    if not mask.any():
+        raise ReviewError("the corrected mask is empty: remove fewer regions, or mark the detection as the wrong object")
+    rows, cols = np.nonzero(mask)
+    box = Box(float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+    detection = Detection(box=box, score=view.score, label=view.label, category=view.category, source="review-mask")
+    segmenter_id = f"review:{engine.segmenter.segmenter_id}"
+    cutout = cut_out(photo, detection, mask, segmenter_id, settings)
+    candidates = engine.identify([cutout], [detection], settings.stored_candidates, False, {})[0]
+    obj = QueryObject(detection=detection, cutout=cutout, candidates=candidates, full_mask=mask)
+    hints = {"add": [h.to_list() for h in add], "remove": [h.to_list() for h in remove]}
+
+    def record(session: Session, new_id: int) -> None:
+        previous = repo.latest_mask_correction(session, view.id)
+        repo.save_mask_correction(
+            session, detection_id=new_id, corrected_detection_id=view.id, query_id=view.query_id,
+            previous_id=previous.id if previous else None, version=previous.version + 1 if previous else 1,
+            method="corrected", reviewer=_name(reviewer), label=view.category, hints=hints, segmenter_id=segmenter_id,
+            flags=list(cutout.flags), mask_png=encode_png(mask), mask_sha256=_sha256(encode_png(mask)))
+
+    return _replace_detection(settings, view, expected_version, obj, action="mask correction",
+                              label=f"mask fixed by {_name(reviewer)}", source="review-mask", also=record)
+
+
+def verify_mask(settings: Settings, detection_id: int, reviewer: Reviewer | str) -> int:
+    """Record that a detection's mask is right as it is (training data too); returns its version."""
+    view = detection_view(settings, detection_id)
+    mask = load_mask(view.mask_path)
+    if mask is None or not mask.any():
+        raise ReviewError(f"detection {detection_id} has no usable mask to verify")
+    png = encode_png(mask)
+    with _session(settings) as session, session.begin():
+        previous = repo.latest_mask_correction(session, view.id)
+        version = previous.version + 1 if previous else 1
+        repo.save_mask_correction(
+            session, detection_id=view.id, query_id=view.query_id, previous_id=previous.id if previous else None,
+            version=version, method="verified", reviewer=_name(reviewer), label=view.category, hints={},
+            segmenter_id=previous.segmenter_id if previous else view.source, flags=list(view.flags), mask_png=png,
+            mask_sha256=_sha256(png))
+    return version
+
+
+def mask_history(settings: Settings, detection_id: int) -> list[dict[str, Any]]:
+    """The reviewed versions of a detection's mask, newest first (following corrections back)."""
+    out = []
+    with _session(settings) as session:
+        row = repo.latest_mask_correction(session, int(detection_id))
+        while row is not None:
+            out.append({"version": row.version, "method": row.method, "reviewer": row.reviewer,
+                        "created_at": row.created_at, "hints": row.hints, "mask_sha256": row.mask_sha256})
+            row = repo.review_mask_correction(session, row.previous_id) if row.previous_id else None
+    return out
+
+
+def _name(reviewer: Reviewer | str) -> str:
+    return reviewer.name if isinstance(reviewer, Reviewer) else str(reviewer)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pending_view(settings: Settings, detection_id: int, expected_version: int, action: str) -> DetectionView:
+    view = detection_view(settings, detection_id)
+    if not view.pending or view.version != expected_version:
+        with _session(settings) as session:
+            raise _conflict(session, int(detection_id), action)
+    return view
+
+
+def _photo_of(settings: Settings, view: DetectionView):
+    """The detection's photo, refused when the file changed since it was matched."""
+    try:
+        photo = load_image(view.image_path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+    except ImageLoadError as exc:
+        raise ReviewError(f"cannot re-run detection {view.id}: {exc}") from exc
+    if photo.sha256 != _query_sha(settings, view.query_id):
+        raise ReviewError(f"cannot re-run detection {view.id}: the photo at {view.image_path} changed since it was matched")
+    return photo
+
+
+def _refined(settings: Settings, view: DetectionView, photo, engine, add, remove) -> np.ndarray:
+    from .mask_edit import refine_mask
+
+    current = load_mask(view.mask_path)
+    if current is None or current.shape != (photo.height, photo.width):
+        current = np.zeros((photo.height, photo.width), bool)
+    return refine_mask(photo.rgb, current, view.box, add, remove, segmenter=engine.segmenter)
+
+
+def _replace_detection(settings: Settings, view: DetectionView, expected_version: int, obj, *, action: str, label: str,
+                       source: str, also=None) -> DetectionView:
+    """Store ``obj`` (a re-run of ``view``'s object) as a new detection that supersedes ``view``, atomically."""
     folder = settings.artifacts_dir / "queries" / str(view.query_id)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"det{detection_id}_adjusted_{secrets.token_hex(4)}"
+    stem = f"det{view.id}_{source}_{secrets.token_hex(4)}"
     cutout_path = mask_path = None
     if obj.cutout is not None and obj.cutout.ok:
         cutout_path = folder / f"{stem}_cutout.png"
@@ -779,23 +893,23 @@ def rerun_detection(settings: Settings, detection_id: int, box: Box, engine, *, 
     if obj.full_mask is not None:
         mask_path = folder / f"{stem}_mask.png"
         mask_path.write_bytes(encode_png(obj.full_mask))
-    name = reviewer.name if isinstance(reviewer, Reviewer) else reviewer
     try:
         with _session(settings) as session, session.begin():
-            if repo.claim_detection(session, int(detection_id), int(expected_version), "superseded") != 1:
-                raise _conflict(session, int(detection_id), "box adjustment")
+            if repo.claim_detection(session, int(view.id), int(expected_version), "superseded") != 1:
+                raise _conflict(session, int(view.id), action)
             det = obj.detection
             new_id = repo.save_detection(
-                session, view.query_id, box=list(det.box.xyxy()), score=det.score,
-                label=f"adjusted by {name}" if name else "adjusted box", category=view.category,
-                source="review-adjust", cutout_path=str(cutout_path) if cutout_path else None,
+                session, view.query_id, box=list(det.box.xyxy()), score=det.score, label=label, category=view.category,
+                source=source, cutout_path=str(cutout_path) if cutout_path else None,
                 mask_path=str(mask_path) if mask_path else None, flags=list(obj.cutout.flags) if obj.cutout else [],
                 fail_reason=obj.cutout.fail_reason if obj.cutout else "no mask")
             repo.save_candidates(session, new_id, [
                 {"product_id": c.product_id, "rank": rank + 1, "score": c.score, "features": c.features,
                  "explanation": c.explanation}
                 for rank, c in enumerate(obj.candidates[: settings.stored_candidates])])
-    except ConflictError:
+            if also is not None:
+                also(session, new_id)
+    except BaseException:
         for path in (cutout_path, mask_path):
             if path is not None:
                 path.unlink(missing_ok=True)

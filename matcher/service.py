@@ -243,3 +243,17 @@ def drop_space(settings: Settings, space_id: int) -> None:
     engine = get_engine(settings)
     with Session(engine) as session, session.begin():
         repo.drop_space(session, space_id)
+
+
+def take_apart(photo: str | Path, out_dir: str | Path, settings: Settings, request=None):
+    """``matcher layers``: the photo's objects as RGBA layers over a filled background (PNG, PSD, manifest)."""
+    from .take_apart import LayersRequest, take_apart as run
+
+    return run(photo, out_dir, settings, request or LayersRequest())
+
+
+def export_dataset(settings: Settings, out_dir: str | Path, *, name: str, version: str, seed: int = 42):
+    """``matcher dataset export``: reviewed masks as a versioned bench-format data set."""
+    from .datasets import export_reviewed_masks
+
+    return export_reviewed_masks(settings, out_dir, name=name, version=version, seed=seed)

@@ -129,6 +129,66 @@ def on_adjust(detection_id: int, version: int) -> None:
                      f"as detection {view.id}{top}.")
 
 
+def _hints(detection_id: int) -> tuple[list, list]:
+    from matcher.mask_edit import parse_hints
+
+    return (parse_hints(st.session_state.get(f"d{detection_id}-add", "") or ""),
+            parse_hints(st.session_state.get(f"d{detection_id}-remove", "") or ""))
+
+
+def on_stroke(detection_id: int, field: str) -> None:
+    """The rectangle dragged on the mask chart becomes one hint line of the add or remove list."""
+    brush = (st.session_state.get(f"d{detection_id}-strokes") or {}).get("selection", {}).get("brush") or {}
+    xs, ys = brush.get("x"), brush.get("y")
+    if not xs or not ys:
+        flash("error", "Drag a rectangle over the photo first.")
+        return
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    line = f"{x0:.0f},{y0:.0f},{max(x1 - x0, 1):.0f},{max(y1 - y0, 1):.0f}"
+    key = f"d{detection_id}-{field}"
+    st.session_state[key] = "\n".join(v for v in (st.session_state.get(key, "").strip(), line) if v)
+
+
+def on_preview_mask(detection_id: int) -> None:
+    s = settings()
+    try:
+        add, remove = _hints(detection_id)
+        handle = _engine(_settings_key(s), s)
+        with handle.lock:
+            st.session_state[f"d{detection_id}-preview"] = review.preview_mask(s, detection_id, handle.engine,
+                                                                                add=add, remove=remove)
+    except Exception as exc:  # noqa: BLE001 - bad hint text, review errors, or no indexed catalog
+        flash("error", str(exc))
+
+
+def on_fix_mask(detection_id: int, version: int) -> None:
+    s = settings()
+    try:
+        add, remove = _hints(detection_id)
+        handle = _engine(_settings_key(s), s)
+        with handle.lock:
+            view = review.correct_mask(s, detection_id, handle.engine, add=add, remove=remove,
+                                       expected_version=version, reviewer=current_reviewer())
+    except review.ConflictError as exc:
+        flash("error", f"Conflict: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001 - bad hint text, review errors, or no indexed catalog
+        flash("error", str(exc))
+        return
+    st.session_state.pop(f"d{detection_id}-preview", None)
+    top = f"; best match now {view.candidates[0].sku}" if view.candidates else ""
+    flash("success", f"Detection {detection_id}: corrected mask saved as detection {view.id}{top}.")
+
+
+def on_verify_mask(detection_id: int) -> None:
+    try:
+        version = review.verify_mask(settings(), detection_id, current_reviewer())
+    except Exception as exc:  # noqa: BLE001 - review errors
+        flash("error", str(exc))
+        return
+    flash("success", f"Detection {detection_id}: mask verified (version {version}).")
+
+
 def on_undo() -> None:
     try:
         record = review.undo_last(settings(), current_reviewer())
@@ -294,11 +354,64 @@ def detection_panel(s: Settings, view: review.DetectionView, photo=None, *, focu
                                      step=1.0, format="%.0f", key=f"d{view.id}-{key}")
                 st.form_submit_button("Re-run this box", key=f"d{view.id}-rerun", on_click=on_adjust,
                                       args=(view.id, view.version))
+        with st.expander("Fix the mask"):
+            mask_fixer(view, photo)
     elif view.decision is not None:
         d = view.decision
         what = f"approved {plain(d.sku)}" if d.verdict == "approve" else review.VERDICT_LABELS[d.verdict]
         st.success(f"Decided: {what} by {plain(d.reviewer)} at {d.created_at:%Y-%m-%d %H:%M}"
                    + (f" — {plain(d.note)}" if d.note else ""))
+
+
+def mask_fixer(view: review.DetectionView, photo) -> None:
+    """Drag rectangles over the photo (or type points x,y and rectangles x,y,w,h) to add or remove regions;
+    preview re-runs the segmenter with those hints, accept stores the mask and re-ranks the candidates."""
+    if photo is not None:
+        preview = st.session_state.get(f"d{view.id}-preview")
+        mask = preview if preview is not None else review.load_mask(view.mask_path)
+        stroke_chart(view, annotate(photo, [Overlay(view.box, "", mask, "focus")]))
+        st.caption("Drag a rectangle over what to add or remove, then press the matching button.")
+        add_col, remove_col = st.columns(2)
+        add_col.button("Add dragged region", key=f"d{view.id}-stroke-add", on_click=on_stroke, args=(view.id, "add"))
+        remove_col.button("Remove dragged region", key=f"d{view.id}-stroke-remove", on_click=on_stroke,
+                          args=(view.id, "remove"))
+    add_col, remove_col = st.columns(2)
+    add_col.text_area("Add (x,y or x,y,w,h per line)", key=f"d{view.id}-add", height=80)
+    remove_col.text_area("Remove (x,y or x,y,w,h per line)", key=f"d{view.id}-remove", height=80)
+    preview_col, accept_col, verify_col = st.columns(3)
+    preview_col.button("Preview", key=f"d{view.id}-preview-mask", on_click=on_preview_mask, args=(view.id,))
+    accept_col.button("Accept the fixed mask", key=f"d{view.id}-fix-mask", on_click=on_fix_mask,
+                      args=(view.id, view.version), type="primary")
+    verify_col.button("The mask is right", key=f"d{view.id}-verify-mask", on_click=on_verify_mask, args=(view.id,),
+                      help="Keep this mask as verified training data.")
+
+
+def stroke_chart(view: review.DetectionView, picture) -> None:
+    """The photo around the detection as a chart in photo pixels, where a drag selects a rectangle."""
+    import base64
+    import io
+
+    import altair as alt
+    import pandas as pd
+    from PIL import Image
+
+    height, width = picture.shape[:2]
+    rows, cols = view.box.expand(0.25, width, height).int_slices()
+    part = picture[rows, cols]
+    scale = min(1.0, 420 / max(part.shape[:2]))
+    shown = (max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale)))
+    buffer = io.BytesIO()
+    Image.fromarray(part).resize(shown).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    x_scale = alt.Scale(domain=[cols.start, cols.stop], nice=False, zero=False)
+    y_scale = alt.Scale(domain=[rows.stop, rows.start], nice=False, zero=False)  # image rows grow downwards
+    frame = pd.DataFrame({"x": [(cols.start + cols.stop) / 2], "y": [(rows.start + rows.stop) / 2], "url": [url]})
+    chart = (alt.Chart(frame).mark_image(width=shown[0], height=shown[1])
+             .encode(x=alt.X("x:Q", scale=x_scale, title="x (px)"), y=alt.Y("y:Q", scale=y_scale, title="y (px)"),
+                     url="url:N")
+             .properties(width=shown[0], height=shown[1])
+             .add_params(alt.selection_interval(name="brush")))
+    st.altair_chart(chart, key=f"d{view.id}-strokes", on_select="rerun", selection_mode="brush", width="content")
 
 
 def photo_for(s: Settings, image_path: str):

@@ -224,3 +224,23 @@ class SignInAttempt(Base):
     succeeded: Mapped[bool] = mapped_column(Boolean, nullable=False)
     reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = _now_column()
+
+
+class MaskCorrection(Base):
+    __tablename__ = "mask_corrections"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id", ondelete="CASCADE"), nullable=False)
+    corrected_detection_id: Mapped[int | None] = mapped_column(ForeignKey("detections.id", ondelete="SET NULL"))
+    query_id: Mapped[int] = mapped_column(ForeignKey("queries.id", ondelete="CASCADE"), nullable=False)
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("mask_corrections.id", ondelete="SET NULL"))
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    method: Mapped[str] = mapped_column(Text, nullable=False)
+    reviewer: Mapped[str] = mapped_column(Text, nullable=False)
+    label: Mapped[str | None] = mapped_column(Text)
+    hints: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    segmenter_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
+    mask_png: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    mask_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _now_column()

@@ -733,3 +733,67 @@ def recent_failed_sign_ins(session: Session, name: str, since: datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(SignInAttempt)
                               .where(SignInAttempt.name == key, SignInAttempt.succeeded.is_(False),
                                      SignInAttempt.created_at > start)) or 0)
+
+
+# --- reviewed masks --------------------------------------------------------------------------------
+
+def latest_mask_correction(session: Session, detection_id: int):
+    """The newest reviewed mask carried by a detection (None when it has none)."""
+    from .models import MaskCorrection
+
+    return session.scalar(select(MaskCorrection).where(MaskCorrection.detection_id == detection_id)
+                          .order_by(MaskCorrection.id.desc()).limit(1))
+
+
+def save_mask_correction(session: Session, **fields: Any) -> int:
+    from .models import MaskCorrection
+
+    row = MaskCorrection(**fields)
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def reviewed_masks(session: Session) -> list[tuple[Any, Any, Any]]:
+    """(correction, detection, query) for the newest reviewed mask of every live object.
+
+    A superseded detection's masks are history; the object's current mask is on the detection that
+    replaced it."""
+    from .models import DetectionRow, MaskCorrection, Query
+
+    newest = (select(func.max(MaskCorrection.id).label("id")).group_by(MaskCorrection.detection_id).subquery())
+    return list(session.execute(
+        select(MaskCorrection, DetectionRow, Query)
+        .join(newest, newest.c.id == MaskCorrection.id)
+        .join(DetectionRow, DetectionRow.id == MaskCorrection.detection_id)
+        .join(Query, Query.id == MaskCorrection.query_id)
+        .where(DetectionRow.status != "superseded")
+        .order_by(Query.id, MaskCorrection.id)).all())
+
+
+def review_mask_correction(session: Session, correction_id: int):
+    from .models import MaskCorrection
+
+    return session.get(MaskCorrection, int(correction_id))
+
+
+def approved_products(session: Session, detection_ids: Iterable[int]) -> dict[int, Product]:
+    """The product each detection's live approval chose."""
+    from .models import Decision
+
+    ids = [int(i) for i in detection_ids]
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Decision.detection_id, Product).join(Product, Product.id == Decision.product_id)
+        .where(Decision.detection_id.in_(ids), Decision.verdict == "approve", Decision.undone_at.is_(None))).all()
+    return {int(detection_id): product for detection_id, product in rows}
+
+
+def top_candidate_titles(session: Session, detection_ids: Iterable[int]) -> dict[int, str]:
+    from .models import CandidateRow
+
+    ids = [int(i) for i in detection_ids]
+    rows = session.execute(select(CandidateRow.detection_id, Product.title).join(Product, Product.id == CandidateRow.product_id)
+                           .where(CandidateRow.detection_id.in_(ids), CandidateRow.rank == 1)).all() if ids else []
+    return {int(detection_id): title for detection_id, title in rows}

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import registry
-from ..query import QueryEngine
+from ..query import QueryEngine, user_detections
 from ..rerank import FORMULA, LabelledGroup
 from ..settings import Settings
 from ..types import Box
@@ -50,7 +50,7 @@ def compare_embedders(dataset: Path, settings: Settings, models: Sequence[str], 
     embedded = 0
     failures = []
     for img, photo, anns in scene_photos(dataset, images, by_image, failures, progress):
-        detections = first._user_detections(photo, [Box.from_xywh(*a["bbox"]) for a in anns], None)
+        detections = user_detections(photo, [Box.from_xywh(*a["bbox"]) for a in anns], None)
         masks = first.trace(photo, detections)
         cutouts = [first.polish(photo, d, m) for d, m in zip(detections, masks)]
         embedded += sum(c.ok for c in cutouts)

@@ -53,6 +53,7 @@ class Scene:
     height: int
     instances: list[Instance]
     ignore_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    split: str | None = None  # set by data sets that ship their split (``matcher dataset export``)
 
     @property
     def labels(self) -> set[str]:
@@ -97,12 +98,14 @@ def read_bench(root: Path | str) -> Bench:
     coco = json.loads(coco_path.read_text())
     label_of_sku = {sku: label_for_product(p.get("name", ""), p.get("tags") or ()) for sku, p in products.items()}
     scenes = {img["id"]: Scene(img["id"], root / img["file_name"], int(img["width"]), int(img["height"]), [],
-                               [tuple(u["bbox"]) for u in img.get("unannotated") or [] if "bbox" in u])
+                               [tuple(u["bbox"]) for u in img.get("unannotated") or [] if "bbox" in u],
+                               img.get("split") if img.get("split") in SPLIT_NAMES else None)
               for img in coco["images"]}
     for ann in coco["annotations"]:
-        sku = ann.get("sku", "")
+        sku = ann.get("sku") or ""
+        label = ann.get("label") or label_of_sku.get(sku)  # a reviewed data set names the label when no sku was approved
         scenes[ann["image_id"]].instances.append(
-            Instance(ann["id"], sku, label_of_sku.get(sku), tuple(ann["bbox"]), ann["segmentation"], int(ann["area"])))
+            Instance(ann["id"], sku, label, tuple(ann["bbox"]), ann["segmentation"], int(ann["area"])))
     return Bench(root, {k: s for k, s in scenes.items() if s.instances}, label_of_sku)
 
 
@@ -167,6 +170,9 @@ def split_image_ids(labels_by_image: dict[int, set[str]], seed: int = 42,
 
 
 def split_bench(bench: Bench, seed: int = 42) -> dict[str, list[int]]:
+    """The data set's own split when every photo carries one, else :func:`split_image_ids`."""
+    if bench.scenes and all(s.split for s in bench.scenes.values()):
+        return {name: sorted(k for k, s in bench.scenes.items() if s.split == name) for name in SPLIT_NAMES}
     return split_image_ids({k: s.labels for k, s in bench.scenes.items()}, seed=seed)
 
 

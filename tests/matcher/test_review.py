@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import select, update
@@ -236,6 +237,39 @@ def test_rerun_replaces_only_that_detection(settings, matched):
     with pytest.raises(ConflictError):
         review.rerun_detection(settings, first.id, first.box, engine, expected_version=0)
     review.decide(settings, adjusted.id, BOB, "approve", adjusted.candidates[0].product_id, expected_version=0)
+
+
+def test_a_corrected_mask_is_a_new_version_with_its_reviewer_and_re_ranked_candidates(settings, matched):
+    from matcher.db.models import MaskCorrection
+    from matcher.mask_edit import Hint
+
+    engine, result, (first, second) = matched
+    before = review.load_mask(first.mask_path)
+    x, y, w, h = first.box.xywh()
+    stray = Hint(x - 2, y - 2, w + 4, h / 2)  # the reviewer strokes out the upper half
+    preview = review.preview_mask(settings, first.id, engine, remove=[stray])
+    assert preview.sum() < before.sum()
+    fixed = review.correct_mask(settings, first.id, engine, remove=[stray], expected_version=0, reviewer=ALICE)
+    assert fixed.source == "review-mask" and fixed.pending and fixed.candidates
+    assert np.array_equal(review.load_mask(fixed.mask_path), preview)
+    assert _detection(settings, first.id).status == "superseded"
+    with pytest.raises(ConflictError, match="corrected mask"):
+        review.correct_mask(settings, first.id, engine, remove=[stray], expected_version=0, reviewer=BOB)
+    assert review.verify_mask(settings, fixed.id, BOB) == 2
+    history = review.mask_history(settings, fixed.id)
+    assert [(h["version"], h["method"], h["reviewer"]) for h in history] == [(2, "verified", "bob"),
+                                                                             (1, "corrected", "alice")]
+    assert history[1]["hints"] == {"add": [], "remove": [stray.to_list()]}
+    with Session(get_engine(settings)) as session:
+        stored = session.scalars(select(MaskCorrection).order_by(MaskCorrection.id)).all()
+        assert [row.corrected_detection_id for row in stored] == [first.id, None]
+        assert all(row.created_at is not None and len(row.mask_sha256) == 64 for row in stored)
+    with pytest.raises(ReviewError, match="at least one region"):
+        review.correct_mask(settings, second.id, engine, expected_version=0, reviewer=ALICE)
+    everything = Hint(0, 0, *second.image_size)
+    with pytest.raises(ReviewError, match="empty"):
+        review.correct_mask(settings, second.id, engine, remove=[everything], expected_version=0, reviewer=ALICE)
+    assert _detection(settings, second.id).status == "pending"  # a refused fix leaves the detection as it was
 
 
 def _jpeg(size=(64, 48)) -> bytes:

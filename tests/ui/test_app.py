@@ -210,3 +210,41 @@ def test_queue_shows_cli_matches_and_filters(settings):
     assert buttons[f"d{ids[0]}-wrong"].proto.shortcut.upper() == "W"
     first_card = review.detection_view(settings, ids[0]).candidates[0]
     assert buttons[f"d{ids[0]}-approve-{first_card.product_id}"].proto.shortcut == "1"
+
+
+def test_a_reviewer_fixes_a_mask_and_the_fix_is_recorded_with_them(settings):
+    from matcher.db.models import MaskCorrection
+    from matcher.query import QueryEngine
+    from tests.review_support import scene_boxes
+
+    result = QueryEngine(settings).match(SCENE, boxes=scene_boxes(), store=True, source="cli")
+    first = review.detection_view(settings, result.objects[0].detection_id)
+    at = signed_in("bob")
+    at.sidebar.radio(key="page").set_value("Queue").run()
+    _no_exceptions(at)
+    assert at.get("vega_lite_chart")  # the photo where rectangles are dragged
+    x, y, w, h = first.box.xywh()
+    at.text_area(key=f"d{first.id}-remove").input(f"{x - 2:.0f},{y - 2:.0f},{w + 4:.0f},{h / 2:.0f}")
+    at.button(key=f"d{first.id}-preview-mask").click().run()
+    _no_exceptions(at)
+    preview = at.session_state[f"d{first.id}-preview"]
+    assert 0 < preview.sum() < review.load_mask(first.mask_path).sum()
+    at.button(key=f"d{first.id}-fix-mask").click().run()
+    _no_exceptions(at)
+    assert any("corrected mask saved" in s for s in _texts(at, "success")), _texts(at, "error")
+    assert _status(settings, first.id) == "superseded"
+    with Session(get_engine(settings)) as session:
+        [row] = session.scalars(select(MaskCorrection)).all()
+        assert (row.reviewer, row.method, row.version, row.corrected_detection_id) == ("bob", "corrected", 1, first.id)
+        fixed_id = row.detection_id
+    assert review.detection_view(settings, fixed_id).candidates  # re-ranked from the corrected mask
+    # The queue moves on to the next pending detection: a bad hint line is one clear message, nothing stored.
+    shown = next(b.key for b in at.button if b.key and b.key.endswith("-fix-mask")).split("-")[0][1:]
+    at.text_area(key=f"d{shown}-add").input("here please")
+    at.button(key=f"d{shown}-fix-mask").click().run()
+    _no_exceptions(at)
+    assert any("x,y" in e for e in _texts(at, "error"))
+    assert _status(settings, int(shown)) == "pending"
+    at.button(key=f"d{shown}-verify-mask").click().run()
+    _no_exceptions(at)
+    assert any("mask verified (version 1)" in s for s in _texts(at, "success"))

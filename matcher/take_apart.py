@@ -1,0 +1,179 @@
+"""``matcher layers``: a photo taken apart into matted object layers over a filled background.
+
+The objects come from boxes the user drew, from a text prompt (the learned segmenter's instances of
+that label) or from the detectors. Each one goes through the query path's own stages (segment, then
+trimap matting on the crop) so a layer is exactly the cutout the search would see; when a catalog is
+indexed each layer is also matched and named by its best product.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import registry
+from .imageio import load_image
+from .layers import LayerObject, LayerSet, build_layer_set, composite_error, psd_problems, write_all
+from .query import NotIndexedError, QueryEngine, crop_box, cut_out, find_objects, user_detections
+from .settings import Settings
+from .types import Box, Cutout, Detection, LoadedImage, Mask
+
+log = logging.getLogger(__name__)
+
+MIN_INSTANCE_SHARE = 0.001  # prompt regions under 0.1 % of the photo are specks, not objects
+
+
+@dataclass(frozen=True)
+class LayersRequest:
+    boxes: tuple[Box, ...] = ()
+    prompt: str | None = None
+    detectors: tuple[str, ...] = ()
+    threshold: float | None = None  # the prompt's mask threshold (default: the model's calibrated one)
+    inpaint: str = "telea"
+    match: bool = True  # name layers by their best catalog product when a catalog is indexed
+
+
+@dataclass
+class LayersResult:
+    out_dir: Path
+    layer_set: LayerSet
+    manifest: dict
+    composite_error: float  # mean absolute error (0..255) where objects were
+    psd_problems: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "manifest": self.manifest,
+                "composite_error": round(self.composite_error, 3), "psd_problems": self.psd_problems,
+                "warnings": self.layer_set.warnings(), "notes": self.notes,
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
+
+
+def take_apart(photo: str | Path, out_dir: str | Path, settings: Settings, request: LayersRequest) -> LayersResult:
+    """Write ``png/``, ``background.png``, ``layers.psd`` and ``manifest.json`` for ``photo`` into ``out_dir``."""
+    if not (request.boxes or request.prompt or request.detectors):
+        raise ValueError("nothing to take apart: pass --box x,y,w,h, --prompt TEXT or --detector NAME")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    image = load_image(Path(photo).expanduser().resolve(), max_pixels=settings.max_image_pixels,
+                       max_bytes=settings.max_image_bytes)
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    engine, notes = _engine(settings, request)
+    timings["open_catalog"] = time.perf_counter() - start
+    start = time.perf_counter()
+    detections, masks = _objects(image, settings, request, engine)
+    timings["segment"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cutouts = [cut_out(image, d, m.binary, m.source, settings) for d, m in zip(detections, masks)]
+    timings["matte"] = time.perf_counter() - start
+    start = time.perf_counter()
+    best = _best_products(engine, cutouts, detections)
+    timings["match"] = time.perf_counter() - start
+    start = time.perf_counter()
+    objects = [layer_object(image, d, m, c, product)
+               for d, m, c, product in zip(detections, masks, cutouts, best)]
+    layer_set = build_layer_set(image.rgb, objects, request.inpaint)
+    timings["inpaint"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out = Path(out_dir)
+    manifest = write_all(layer_set, image.source, out)
+    timings["write"] = time.perf_counter() - start
+    return LayersResult(out_dir=out, layer_set=layer_set, manifest=manifest, composite_error=composite_error(layer_set),
+                        psd_problems=psd_problems(out / "layers.psd", manifest, out), timings=timings, notes=notes)
+
+
+def _engine(settings: Settings, request: LayersRequest) -> tuple[QueryEngine | None, list[str]]:
+    """The query engine when a catalog is indexed (layers get skus), else None with a note saying so."""
+    if not request.match:
+        return None, []
+    try:
+        return QueryEngine(settings, detectors=request.detectors), []
+    except NotIndexedError as exc:
+        return None, [f"layers carry no sku: {exc}"]
+
+
+def _objects(image: LoadedImage, settings: Settings, request: LayersRequest,
+             engine: QueryEngine | None) -> tuple[list[Detection], list[Mask]]:
+    if request.prompt:
+        return prompted_objects(image, request.prompt, settings, request.threshold)
+    if request.boxes:
+        detections = user_detections(image, request.boxes)
+    elif engine is not None:
+        detections = engine.find(image)
+    else:
+        detections = find_objects([registry.create("detector", n, settings) for n in request.detectors], image)
+    segmenter = engine.segmenter if engine is not None else registry.create_segmenter(settings)
+    masks = segmenter.segment(image.rgb, [d.box for d in detections]) if detections else []
+    return detections, list(masks)
+
+
+def prompted_objects(image: LoadedImage, prompt: str, settings: Settings,
+                     threshold: float | None = None) -> tuple[list[Detection], list[Mask]]:
+    """One object per connected region of the learned segmenter's mask for the prompt's label."""
+    import cv2
+
+    from .device import resolve_device
+    from .segmentation.labels import resolve_prompt
+    from .segmentation.model import find_model_dir, load_model_dir
+    from .segmentation.predict import segment_prompt
+
+    model = load_model_dir(find_model_dir(settings.seg_model_dir), device=resolve_device(settings.device))
+    label = resolve_prompt(prompt, model.config.labels)
+    result = segment_prompt(image.rgb, label, model, threshold)
+    scores = {r.bbox: r.score for r in result.regions}
+    count, components, stats, _ = cv2.connectedComponentsWithStats((result.mask > 0).astype(np.uint8), connectivity=8)
+    min_area = max(16, int(MIN_INSTANCE_SHARE * image.width * image.height))
+    detections, masks = [], []
+    for i in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_area:
+            continue
+        score = scores.get((x, y, w, h), 0.0)
+        detections.append(Detection(box=Box.from_xywh(x, y, w, h), score=score, label=label, category=None,
+                                    source=f"prompt:{label}"))
+        masks.append(Mask(binary=components == i, score=score, source=model.model_id))
+    return detections, masks
+
+
+def _best_products(engine: QueryEngine | None, cutouts: Sequence[Cutout],
+                   detections: Sequence[Detection]) -> list[tuple[str, float, str] | None]:
+    if engine is None or not detections:
+        return [None] * len(detections)
+    ranked = engine.identify(cutouts, detections, 1, False, {})
+    return [(c[0].sku, c[0].score, c[0].title) if c else None for c in ranked]
+
+
+def layer_object(image: LoadedImage, detection: Detection, mask: Mask, cutout: Cutout,
+                 product: tuple[str, float, str] | None) -> LayerObject:
+    """The cutout as an RGBA layer cropped to its visible pixels, with where that crop sits in the photo."""
+    rows, cols = crop_box(image, detection).int_slices()
+    rgba = cutout.rgba()
+    ys, xs = np.nonzero(rgba[..., 3])
+    if ys.size:  # trim the fully transparent margin; an empty matte keeps its crop
+        rgba = rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        offset = (cols.start + int(xs.min()), rows.start + int(ys.min()))
+    else:
+        offset = (cols.start, rows.start)
+    return LayerObject(label=_label(detection, product), box=detection.box, rgba=np.ascontiguousarray(rgba),
+                       offset=offset, mask_score=float(mask.score), segmenter=mask.source, flags=tuple(cutout.flags),
+                       sku=product[0] if product else None, match_score=product[1] if product else None)
+
+
+def _label(detection: Detection, product: tuple[str, float, str] | None) -> str:
+    """The detector's or prompt's label; for a drawn box, the object label of the matched product's title."""
+    from .segmentation.labels import label_for_product
+
+    if detection.source != "user":
+        return detection.label
+    return detection.category or (label_for_product(product[2]) if product else None) or "object"
