@@ -461,6 +461,22 @@ def dataset_export(
         console.print(f"[yellow]skipped:[/yellow] {escape(reason)}", highlight=False)
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default; put TLS in front to widen).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 = a free port the OS picks.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes (each loads the models once).")] = 1,
+) -> None:
+    """The shoppers' HTTP API: POST /v1/match with a room photo; /livez, /readyz, /metrics, OpenAPI at /docs."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"warning: listening on {escape(host)}; serve it behind a TLS reverse proxy (README)", highlight=False)
+    _settings()  # one line per invalid MATCHER_* value before the server starts
+    uvicorn.run("matcher.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="info", timeout_graceful_shutdown=30)
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[Path, typer.Argument(help="Bench-format data set: catalog/products.jsonl + scenes/instances.json.")],

@@ -49,6 +49,7 @@ def dominant_colors(
     k: int = 4,
     max_samples: int = 20000,
     seed: int = 0,
+    one_thread: bool = True,
 ) -> list[LabColor]:
     """The ``k`` main colours of a cutout, as CIELAB centres with weights summing to 1.
 
@@ -61,6 +62,7 @@ def dominant_colors(
     colours.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     fg = np.asarray(foreground)
     raw = np.asarray(alpha)
@@ -79,7 +81,9 @@ def dominant_colors(
     lab = rgb_to_lab(pixels).astype(np.float64)
     distinct = len(np.unique(np.round(lab, 1), axis=0))
     n_clusters = max(1, min(k, distinct))
-    with warnings.catch_warnings():
+    # One thread: a few thousand points cluster in milliseconds, while OpenMP's thread team took
+    # ~0.9 s per call on a busy 2-core machine (measured; scripts/bench_query.py).
+    with warnings.catch_warnings(), threadpool_limits(1 if one_thread else None):
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-duplicate colours
         km = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(lab, sample_weight=weights)
     totals = np.bincount(km.labels_, weights=weights, minlength=n_clusters)

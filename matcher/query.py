@@ -300,13 +300,18 @@ def crop_box(image: LoadedImage, detection: Detection) -> Box:
     return detection.box.expand(CROP_MARGIN, image.width, image.height)
 
 
-def cut_out(image: LoadedImage, detection: Detection, mask: np.ndarray, segmenter_id: str, settings: Settings) -> Cutout:
-    """Trimap matting on the crop around the box, so cost scales with the object, not the photo."""
+def cut_out(image: LoadedImage, detection: Detection, mask: np.ndarray, segmenter_id: str, settings: Settings,
+            max_side: int | None = None) -> Cutout:
+    """Trimap matting on the crop around the box, so cost scales with the object, not the photo.
+
+    Matting runs at ``settings.query_matting_max_side`` unless ``max_side`` says otherwise: a query
+    cutout only feeds the embedder (224-320 px) and the review app's thumbnails."""
     from .types import Mask
 
     rows, cols = crop_box(image, detection).int_slices()
     crop_mask = Mask(binary=mask[rows, cols], score=detection.score, source=segmenter_id)
-    return make_cutout(np.ascontiguousarray(image.rgb[rows, cols]), crop_mask, settings)
+    return make_cutout(np.ascontiguousarray(image.rgb[rows, cols]), crop_mask, settings,
+                       max_side=max_side or settings.query_matting_max_side)
 
 
 @contextmanager

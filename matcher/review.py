@@ -75,7 +75,11 @@ class AuthError(ReviewError):
 
 
 class UploadError(ReviewError):
-    pass
+    """An uploaded photo refused; ``kind`` is empty | too_large | not_image | undecodable."""
+
+    def __init__(self, message: str, kind: str = "undecodable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ConflictError(ReviewError):
@@ -653,17 +657,17 @@ def save_upload(settings: Settings, filename: str, data: bytes) -> Path:
     shown = display_name(filename)
     limit = int(settings.max_upload_bytes)
     if not data:
-        raise UploadError(f"{shown}: the file is empty")
+        raise UploadError(f"{shown}: the file is empty", "empty")
     if len(data) > limit:
-        raise UploadError(f"{shown}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.1f} MB upload limit")
+        raise UploadError(f"{shown}: {len(data) / 1e6:.1f} MB is over the {limit / 1e6:.1f} MB upload limit", "too_large")
     from PIL import Image
 
     try:
         fmt = _sniff_format(data)
     except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far too many pixels for a photo
-        raise UploadError(f"{shown}: refused, too many pixels for a photo (a decompression bomb?)") from exc
+        raise UploadError(f"{shown}: refused, too many pixels for a photo (a decompression bomb?)", "too_large") from exc
     if fmt not in UPLOAD_FORMATS:
-        raise UploadError(f"{shown}: not a JPEG, PNG or WebP photo" + (f" (it is {fmt})" if fmt else ""))
+        raise UploadError(f"{shown}: not a JPEG, PNG or WebP photo" + (f" (it is {fmt})" if fmt else ""), "not_image")
     try:
         decode_image(data, source=shown, max_pixels=settings.max_image_pixels)
     except ImageLoadError as exc:

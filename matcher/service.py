@@ -257,3 +257,52 @@ def export_dataset(settings: Settings, out_dir: str | Path, *, name: str, versio
     from .datasets import export_reviewed_masks
 
     return export_reviewed_masks(settings, out_dir, name=name, version=version, seed=seed)
+
+
+# --- the shoppers' HTTP API (matcher.api) -------------------------------------------------------------
+
+def save_upload(settings: Settings, filename: str, data: bytes) -> Path:
+    """A posted photo checked (format sniffed from the bytes, fully decoded within limits) and stored."""
+    from .review import save_upload as save
+
+    return save(settings, filename, data)
+
+
+def product_info(settings: Settings, sku: str) -> dict[str, Any] | None:
+    """A live catalog product as shoppers see it (None when unknown or removed)."""
+    with Session(get_engine(settings)) as session:
+        product = repo.products_by_sku(session, [sku]).get(sku)
+        if product is None or product.deleted_at is not None:
+            return None
+        return {"sku": product.sku, "title": product.title, "category": product.category,
+                "attributes": product.attributes or {}, "updated_at": product.updated_at.isoformat(timespec="seconds")}
+
+
+def stored_query(settings: Settings, query_id: int) -> dict[str, Any] | None:
+    """What a match stored: the photo's size, timings, and each object's box and ranked products."""
+    from .review import query_detections
+
+    with Session(get_engine(settings)) as session:
+        query = repo.review_row(session, "query", int(query_id))
+        if query is None:
+            return None
+        head = {"query_id": int(query.id), "source": query.source, "width": query.width, "height": query.height,
+                "reranker": query.reranker_version, "timings_s": query.timings,
+                "created_at": query.created_at.isoformat(timespec="seconds")}
+    objects = [{"detection_id": v.id, "box": [round(c, 1) for c in v.box.xywh()], "label": v.label, "status": v.status,
+                "products": [{"rank": c.rank, "sku": c.sku, "title": c.title, "category": c.category,
+                              "score": round(c.score, 4), "explanation": c.explanation} for c in v.candidates]}
+               for v in query_detections(settings, int(query_id))]
+    return {**head, "objects": objects}
+
+
+def readiness(settings: Settings) -> dict[str, Any]:
+    """Whether a server can answer matches: the database answers and an indexed catalog is active."""
+    try:
+        engine = get_engine(settings)
+        upgrade(engine)
+        with Session(engine) as session:
+            space = repo.active_space(session)
+            return {"database": True, "index": space is not None, "space": space.name if space else None}
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the database means "not ready", with why
+        return {"database": False, "index": False, "space": None, "error": str(exc).splitlines()[0][:200]}

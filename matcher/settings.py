@@ -61,6 +61,11 @@ class Settings(BaseSettings):
 
     # Cutouts and matting.
     matting_max_side: int = 1024
+    query_matting_max_side: int = Field(default=512, ge=64, description="Matting resolution of query cutouts: the "
+                                        "embedder sees 224-320 px and the review app shows at most 512.")
+    fast_matting: bool = Field(default=True, description="Closed-form matting solved only around possible soft "
+                               "fringes (incomplete-Cholesky preconditioner) and palettes from 4,000 pixels on one thread; "
+                               "False is the previous path (whole band, Jacobi, 20,000 pixels), kept for benchmarks.")
     composite_background: tuple[int, int, int] = (128, 128, 128)
     min_coverage: float = 0.01
     max_coverage: float = 0.92
@@ -82,6 +87,16 @@ class Settings(BaseSettings):
     review_lockout_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
     review_detectors: list[str] = Field(default_factory=list, description="Detectors run on uploads without boxes.")
     max_upload_bytes: int = 20 * 1024 * 1024  # per uploaded photo
+
+    # Shoppers' HTTP API (`matcher serve`).
+    api_threads: int = Field(default=1, ge=1, le=32, description="Model threads per server process (requests run "
+                             "one at a time per thread).")
+    api_max_queue: int = Field(default=4, ge=0, le=1000, description="Requests waiting for a model thread; more get "
+                               "503 with Retry-After at once.")
+    api_timeout_s: float = Field(default=60.0, gt=0, description="Per-request limit on waiting plus model work (504).")
+    api_keys: list[str] = Field(default_factory=list, description="Accepted X-API-Key values; empty = no keys needed.")
+    api_rate_per_minute: int = Field(default=120, ge=1, description="Match requests per key (or client) per minute.")
+    api_detectors: list[str] = Field(default_factory=list, description="Detectors run on photos posted without boxes.")
 
     # Safe image loading.
     max_image_pixels: int = 80_000_000

@@ -75,7 +75,9 @@ def take_apart(photo: str | Path, out_dir: str | Path, settings: Settings, reque
     detections, masks = _objects(image, settings, request, engine)
     timings["segment"] = time.perf_counter() - start
     start = time.perf_counter()
-    cutouts = [cut_out(image, d, m.binary, m.source, settings) for d, m in zip(detections, masks)]
+    # full catalog resolution: a layer is seen as it is, not only by the embedder
+    cutouts = [cut_out(image, d, m.binary, m.source, settings, settings.matting_max_side)
+               for d, m in zip(detections, masks)]
     timings["matte"] = time.perf_counter() - start
     start = time.perf_counter()
     best = _best_products(engine, cutouts, detections)

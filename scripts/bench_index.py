@@ -1,6 +1,7 @@
 """Indexing throughput of ``matcher index`` (products/s), on a fresh embedded database.
 
     .venv/bin/python scripts/bench_index.py ../shared/bench/furniture-dev/catalog/products.jsonl --workers 1 2
+    .venv/bin/python scripts/bench_index.py CATALOG --workers 2 --limit 60 --compare-legacy   # old matting vs new
 
 Each worker count gets a brand-new database; a second run on the same data
 measures the "nothing changed" path.  Figures are from one invocation, so the
@@ -27,12 +28,15 @@ def main() -> None:
     parser.add_argument("--backend", default="classical")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compare-legacy", action="store_true",
+                        help="Also run each worker count with the previous matting path (MATCHER_FAST_MATTING=false).")
     args = parser.parse_args()
 
     results = []
-    for workers in args.workers:
+    configs = [("new", True)] + ([("legacy", False)] if args.compare_legacy else [])
+    for workers, (config, fast) in [(w, c) for w in args.workers for c in configs]:
         data_dir = Path(tempfile.mkdtemp(prefix="mbench", dir="/tmp"))
-        settings = Settings(data_dir=data_dir, backend=args.backend, database_url=None)
+        settings = Settings(data_dir=data_dir, backend=args.backend, database_url=None, fast_matting=fast)
         try:
             first = service.index_catalog(args.catalog, settings, limit=args.limit, workers=workers, progress=False)
             again = service.index_catalog(args.catalog, settings, limit=args.limit, workers=workers, progress=False)
@@ -41,13 +45,13 @@ def main() -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
         processed = first.processed
         row = {
-            "workers": workers, "backend": args.backend, "items": processed,
+            "workers": workers, "matting": config, "backend": args.backend, "items": processed,
             "seconds": round(first.seconds, 2), "products_per_s": round(processed / first.seconds, 2),
             "rerun_seconds": round(again.seconds, 2), "rerun_processed": again.processed,
             "rerun_fraction_of_first": round(again.seconds / first.seconds, 4), "counts": first.counts,
         }
         results.append(row)
-        print(f"workers={workers}: {processed} items in {first.seconds:.1f} s = {row['products_per_s']} products/s; "
+        print(f"workers={workers} matting={config}: {processed} items in {first.seconds:.1f} s = {row['products_per_s']} products/s; "
               f"re-run {again.seconds:.2f} s ({row['rerun_fraction_of_first']:.1%} of the first), processed {again.processed}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

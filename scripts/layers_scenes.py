@@ -1,7 +1,7 @@
 """`matcher layers` on the first N scenes of a bench data set, with the annotated boxes, and the checks a user
 would make: layer order, the PSD re-read by psd-tools, GIMP's view of it, composite error and time per photo.
 
-    .venv/bin/python scripts/layers_scenes.py ../shared/bench/furniture-dev --scenes 3 --out /tmp/layers
+    .venv/bin/python scripts/layers_scenes.py ../shared/bench/furniture-dev --scenes 3 --min-objects 3 --out /tmp/layers
 
 Layers carry skus when the configured database holds an indexed catalog (MATCHER_DATA_DIR / DATABASE_URL);
 each scene's folder gets `gimp.png`, the PSD as GIMP flattens it.
@@ -28,13 +28,18 @@ def main() -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--scenes", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--min-objects", type=int, default=1, help="Only scenes with at least this many objects.")
     parser.add_argument("--no-match", action="store_true", help="Do not look up skus.")
     args = parser.parse_args()
     coco = json.loads((args.dataset / "scenes" / "instances.json").read_text())
     settings = Settings()
     rows = []
-    for image in coco["images"][: args.scenes]:
-        boxes = tuple(Box.from_xywh(*a["bbox"]) for a in coco["annotations"] if a["image_id"] == image["id"])
+    boxes_of: dict[int, list[Box]] = {}
+    for ann in coco["annotations"]:
+        boxes_of.setdefault(ann["image_id"], []).append(Box.from_xywh(*ann["bbox"]))
+    chosen = [img for img in coco["images"] if len(boxes_of.get(img["id"], [])) >= args.min_objects][: args.scenes]
+    for image in chosen:
+        boxes = tuple(boxes_of[image["id"]])
         out = args.out / Path(image["file_name"]).stem
         start = time.perf_counter()
         result = take_apart(args.dataset / image["file_name"], out, settings,

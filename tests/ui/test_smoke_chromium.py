@@ -44,6 +44,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from tests.process_support import listening_port as _listening_port
 from tests.review_support import PASSWORD, SCENE, clone_settings, sample_template, scene_boxes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,24 +83,6 @@ def _poll(check: Callable[[], T | None], what: str, timeout: float = TIMEOUT,
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not there within {timeout:.0f} s{explain()}")
         time.sleep(POLL)
-
-
-def _listening_port(process: subprocess.Popen) -> int | None:
-    """The TCP port that ``process`` or one of its children listens on (None while there is none)."""
-    try:
-        root = psutil.Process(process.pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return None
-    for proc in family:
-        try:
-            sockets = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        for sock in sockets:
-            if sock.status == psutil.CONN_LISTEN and sock.laddr and sock.laddr.ip == "127.0.0.1":
-                return sock.laddr.port
-    return None
 
 
 def _serving_port(process: subprocess.Popen, log: Path) -> int:

@@ -1,0 +1,1 @@
+"""The shoppers HTTP API (`matcher serve`): FastAPI over matcher.service."""
