@@ -277,19 +277,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.stages.labels(stage).observe(seconds)
         return _match_response(result, top_k, mask == "rle")
 
+    async def found(what: str, lookup, key):
+        info = await run_in_threadpool(lookup, settings, key)
+        if info is None:
+            raise ApiError(404, "not_found", f"no {what} {key!r}")
+        return info
+
     @app.get("/v1/products/{sku:path}", summary="A catalog product.")
     async def product(sku: str):
-        info = await run_in_threadpool(service.product_info, settings, sku)
-        if info is None:
-            raise ApiError(404, "not_found", f"no product {sku!r}")
-        return info
+        return await found("product", service.product_info, sku)
 
     @app.get("/v1/queries/{query_id}", summary="What a match stored.")
     async def stored(query_id: int):
-        info = await run_in_threadpool(service.stored_query, settings, query_id)
-        if info is None:
-            raise ApiError(404, "not_found", f"no query {query_id}")
-        return info
+        return await found("query", service.stored_query, query_id)
 
     return BodyLimit(app, settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
 
