@@ -226,16 +226,22 @@ class QueryEngine:
 
     def match(self, image: LoadedImage | str | Path, *, boxes: Sequence[Box] | None = None, top_n: int | None = None,
               category_filter: bool = False, store: bool = True, source: str = "cli",
-              artifacts_dir: Path | None = None, box_categories: Sequence[str | None] | None = None) -> MatchResult:
+              artifacts_dir: Path | None = None, box_categories: Sequence[str | None] | None = None,
+              objects: Sequence[Detection] | None = None) -> MatchResult:
+        """``boxes`` a user drew, or ``objects`` found elsewhere (e.g. the learned segmenter's instances), else the
+        detectors find them."""
         if not isinstance(image, LoadedImage):
             if not str(image).startswith(("http://", "https://")):
                 image = Path(image).expanduser().resolve()  # stored queries name their photo absolutely
             image = load_image(image, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
         timings = {stage: 0.0 for stage in STAGES}
-        with _timed(timings, "find"):
-            detections = user_detections(image, boxes, box_categories) if boxes is not None else self.find(image)
-        if boxes is None and not self.detectors:
+        if boxes is None and objects is None and not self.detectors:
             raise ValueError("no detector configured: pass boxes (--box x,y,w,h) or --detector NAME")
+        with _timed(timings, "find"):
+            if objects is not None:
+                detections = list(objects)
+            else:
+                detections = user_detections(image, boxes, box_categories) if boxes is not None else self.find(image)
         with _timed(timings, "trace"):
             masks = self.trace(image, detections)
         with _timed(timings, "polish"):

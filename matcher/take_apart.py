@@ -123,28 +123,64 @@ def _objects(image: LoadedImage, settings: Settings, request: LayersRequest,
 def prompted_objects(image: LoadedImage, prompt: str, settings: Settings,
                      threshold: float | None = None) -> tuple[list[Detection], list[Mask]]:
     """One object per connected region of the learned segmenter's mask for the prompt's label."""
+    from .segmentation.labels import resolve_prompt
+
+    model = _seg_model(settings)
+    return _label_instances(image, model, [resolve_prompt(prompt, model.config.labels)], settings, threshold)
+
+
+def all_instances(image: LoadedImage, settings: Settings) -> tuple[list[Detection], list[Mask]]:
+    """Every region of every label the learned segmenter knows (objects for a photo sent without boxes)."""
+    model = _seg_model(settings)
+    detections, masks = _label_instances(image, model, list(model.config.labels), settings, None)
+    return _one_label_per_region(detections, masks)
+
+
+def _one_label_per_region(detections: list[Detection], masks: list[Mask],
+                          overlap: float = 0.5) -> tuple[list[Detection], list[Mask]]:
+    """Label channels each fire on a look-alike object: where regions overlap, the most confident label wins."""
+    kept: list[int] = []
+    for i in sorted(range(len(masks)), key=lambda k: -masks[k].score):
+        if all(_mask_iou(masks[i].binary, masks[j].binary) < overlap for j in kept):
+            kept.append(i)
+    kept.sort()
+    return [detections[i] for i in kept], [masks[i] for i in kept]
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _seg_model(settings: Settings):
+    from .device import resolve_device
+    from .segmentation.model import find_model_dir, load_model_dir
+
+    return load_model_dir(find_model_dir(settings.seg_model_dir), device=resolve_device(settings.device))
+
+
+def _label_instances(image: LoadedImage, model, labels: list[str], settings: Settings,
+                     threshold: float | None) -> tuple[list[Detection], list[Mask]]:
     import cv2
 
-    from .device import resolve_device
-    from .segmentation.labels import resolve_prompt
-    from .segmentation.model import find_model_dir, load_model_dir
-    from .segmentation.predict import segment_prompt
+    from .segmentation.predict import text_mask, text_probabilities
 
-    model = load_model_dir(find_model_dir(settings.seg_model_dir), device=resolve_device(settings.device))
-    label = resolve_prompt(prompt, model.config.labels)
-    result = segment_prompt(image.rgb, label, model, threshold)
-    scores = {r.bbox: r.score for r in result.regions}
-    count, components, stats, _ = cv2.connectedComponentsWithStats((result.mask > 0).astype(np.uint8), connectivity=8)
+    cfg = model.config
+    probabilities = text_probabilities(model, image.rgb, labels)  # one forward pass for all the labels
     min_area = max(16, int(MIN_INSTANCE_SHARE * image.width * image.height))
     detections, masks = [], []
-    for i in range(1, count):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area < min_area:
-            continue
-        score = scores.get((x, y, w, h), 0.0)
-        detections.append(Detection(box=Box.from_xywh(x, y, w, h), score=score, label=label, category=None,
-                                    source=f"prompt:{label}"))
-        masks.append(Mask(binary=components == i, score=score, source=model.model_id))
+    for label, probs in zip(labels, probabilities):
+        mask = text_mask(probs, cfg.threshold_text if threshold is None else float(threshold), cfg.postprocess_text)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        for i in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            if area < min_area:
+                continue
+            piece = components == i
+            score = float(probs[piece].mean())
+            detections.append(Detection(box=Box.from_xywh(x, y, w, h), score=score, label=label, category=None,
+                                        source=f"prompt:{label}"))
+            masks.append(Mask(binary=piece, score=score, source=model.model_id))
     return detections, masks
 
 

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Optional
 
@@ -308,7 +309,6 @@ def _parse_boxes(texts: list[str]):
 
 def _match_job(engine, settings: Settings, who: str, filename: str, data: bytes, boxes, prompt, category):
     """On a model thread: check and store the photo, find its objects, match them (one stored query)."""
-    from ..imageio import load_image
     from ..query import NotIndexedError
     from ..review import UploadError
 
@@ -318,17 +318,14 @@ def _match_job(engine, settings: Settings, who: str, filename: str, data: bytes,
     except UploadError as exc:
         raise ApiError(status.get(exc.kind, 422), exc.kind, str(exc)) from exc
     try:
-        if not boxes and prompt:
-            from ..take_apart import prompted_objects
-
-            image = load_image(path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-            boxes = [d.box for d in prompted_objects(image, prompt, settings)[0]]
-            if not boxes:
-                raise ApiError(422, "nothing_found", f"nothing matching {prompt!r} was found in the photo")
-        if not boxes and not engine.detectors:
-            raise ApiError(422, "boxes_needed", "no detector is configured on this server: send boxes as box=x,y,w,h")
+        objects = None
+        if not boxes and (prompt or not engine.detectors):
+            objects = _learned_objects(settings, path, prompt, category)
+            if not objects:
+                raise ApiError(422, "nothing_found", f"nothing matching {prompt!r} was found in the photo" if prompt
+                               else "no furniture was found in the photo: send boxes as box=x,y,w,h")
         categories = [category] * len(boxes) if category and boxes else None
-        return engine.match(path, boxes=boxes or None, category_filter=bool(category), store=True,
+        return engine.match(path, boxes=boxes or None, objects=objects, category_filter=bool(category), store=True,
                             source=f"api:{who}", box_categories=categories)
     except ApiError:
         path.unlink(missing_ok=True)
@@ -337,6 +334,25 @@ def _match_job(engine, settings: Settings, who: str, filename: str, data: bytes,
         path.unlink(missing_ok=True)
         code = 503 if isinstance(exc, NotIndexedError) else 422
         raise ApiError(code, "not_ready" if code == 503 else "bad_request", str(exc)) from exc
+
+
+def _learned_objects(settings: Settings, path, prompt: str | None, category: str | None):
+    """Objects from the learned segmenter: the prompt's label, or every label it knows; without a model,
+    422 saying that boxes are needed."""
+    from ..imageio import load_image
+    from ..segmentation.labels import UnknownPromptError
+    from ..segmentation.model import MissingSegModelError
+    from ..take_apart import all_instances, prompted_objects
+
+    image = load_image(path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+    try:
+        found = prompted_objects(image, prompt, settings) if prompt else all_instances(image, settings)
+    except MissingSegModelError as exc:
+        raise ApiError(422, "boxes_needed", "this server has no detector and no segmentation model: send boxes "
+                       "as box=x,y,w,h") from exc
+    except UnknownPromptError as exc:
+        raise ApiError(422, "unknown_prompt", str(exc)) from exc
+    return [replace(d, category=category) if category else d for d in found[0]]
 
 
 def _rle(mask) -> dict[str, Any]:

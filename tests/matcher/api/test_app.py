@@ -80,8 +80,33 @@ def test_a_match_returns_products_per_object_and_stores_one_query(pg_server, tem
     assert "matcher_stage_seconds_bucket" in metrics and "matcher_queue_depth 0.0" in metrics
 
 
+def test_without_boxes_the_learned_segmenter_finds_the_objects(pg_server, template, tmp_path):
+    settings = _settings(pg_server, template, tmp_path)
+    client = _client(settings)
+    everything = _post(client, boxes=[])
+    assert everything.status_code == 200, everything.text
+    found = everything.json()["objects"]
+    assert found and all(o["source"] == f"prompt:{o['label']}" for o in found)
+    assert all(o["products"] for o in found if o["mask_status"] == "ok")
+    lantern = next(a for a in scene_annotations() if "Lantern" in a["sku"])
+    boxes = [o["box"] for o in found]
+    assert max(_box_iou(b, lantern["bbox"]) for b in boxes) > 0.4  # the lantern is found once, under one label
+    assert all(_box_iou(a, b) < 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    lamps = _post(client, boxes=[], prompt="the lanterns")
+    assert lamps.status_code == 200 and {o["label"] for o in lamps.json()["objects"]} <= {"lamp"}
+    unknown = _post(client, boxes=[], prompt="the spaceship")
+    assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_prompt"
+    assert _queries(settings) == 2
+
+
+def _box_iou(a, b) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    inter = max(0, min(ax1, bx1) - max(a[0], b[0])) * max(0, min(ay1, by1) - max(a[1], b[1]))
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
 def test_bad_requests_get_clear_errors_and_store_nothing(pg_server, template, tmp_path):
-    settings = _settings(pg_server, template, tmp_path, max_upload_bytes=300_000)
+    settings = _settings(pg_server, template, tmp_path, max_upload_bytes=300_000, seg_model_dir=tmp_path / "no-model")
     client = _client(settings)
     cases = [
         (_post(client, b"#!/bin/sh\necho hi\n", name="notes.jpg"), 415, "not_image"),
@@ -108,7 +133,7 @@ def test_keys_and_rate_limits(pg_server, template, tmp_path):
     assert _post(client).status_code == 401
     assert _post(client, headers={"X-API-Key": "guess"}).status_code == 401
     one = {"X-API-Key": "k-one-secret"}
-    assert _post(client, headers=one, boxes=[]).status_code == 422  # counted, refused for its content
+    assert _post(client, headers=one, boxes=["nope"]).status_code == 422  # counted, refused for its content
     assert _post(client, headers=one, boxes=BOXES[:1]).status_code == 200
     limited = _post(client, headers=one, boxes=BOXES[:1])
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
