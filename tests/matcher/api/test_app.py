@@ -198,3 +198,17 @@ def test_a_real_server_process_answers_on_loopback(pg_server, template, tmp_path
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_a_request_past_its_time_limit_gets_504_and_its_slot_comes_back(pg_server, template, tmp_path):
+    settings = _settings(pg_server, template, tmp_path, api_timeout_s=0.05, api_max_queue=0)
+    app = create_app(settings)
+    runner = app.app.state.runner
+    client = TestClient(app)
+    late = _post(client)  # loading the models alone takes far longer than 50 ms
+    assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+    deadline = time.monotonic() + 300
+    while runner.in_flight and time.monotonic() < deadline:
+        time.sleep(0.2)  # the work itself finishes on its thread, holding its slot until then
+    assert runner.in_flight == 0 and runner._slots.acquire(blocking=False)
+    runner._slots.release()
