@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from .codec import decode_png, encode_png
+from .cutout import mask_bbox
 from .db import repository as repo
 from .db.engine import get_engine
 from .db.migrate import upgrade
@@ -99,8 +99,7 @@ def _label(correction, detection, product, top_title: str | None) -> tuple[str |
     from .segmentation.labels import known_labels, label_for_product
 
     if product is not None:
-        tags = (product.attributes or {}).get("tags") or ()
-        label = label_for_product(product.title, tags if isinstance(tags, (list, tuple)) else [str(tags)])
+        label = label_for_product(product.title, _tags(product))
         if label:
             return label, "approved product"
     for text in (correction.label, detection.category, detection.label):
@@ -113,8 +112,13 @@ def _label(correction, detection, product, top_title: str | None) -> tuple[str |
     return None, "none"
 
 
+def _tags(product) -> list[str]:
+    tags = (product.attributes or {}).get("tags") or []
+    return list(tags) if isinstance(tags, (list, tuple)) else [str(tags)]
+
+
 def _write_photos_and_annotations(root: Path, rows, approved, top_titles, settings: Settings, report: ExportReport):
-    from pycocotools import mask as mask_utils
+    from .segmentation.data import encode_mask
 
     (root / "scenes" / "images").mkdir(parents=True)
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
@@ -148,13 +152,9 @@ def _write_photos_and_annotations(root: Path, rows, approved, top_titles, settin
             continue
         product = approved.get(int(detection.id))
         label, label_source = _label(correction, detection, product, top_titles.get(int(detection.id)))
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rows_, cols_ = np.nonzero(mask)
-        x0, y0 = int(cols_.min()), int(rows_.min())
         coco["annotations"].append({
             "id": len(coco["annotations"]) + 1, "image_id": int(query.id), "iscrowd": 0,
-            "bbox": [x0, y0, int(cols_.max()) - x0 + 1, int(rows_.max()) - y0 + 1], "area": int(mask.sum()),
-            "segmentation": {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")},
+            "bbox": [int(v) for v in mask_bbox(mask).xywh()], "area": int(mask.sum()), "segmentation": encode_mask(mask),
             "sku": product.sku if product is not None else None, "label": label, "label_source": label_source,
             "method": correction.method, "reviewer": correction.reviewer, "mask_version": int(correction.version),
             "reviewed_at": correction.created_at.isoformat(timespec="seconds"), "flags": list(correction.flags or ()),
@@ -162,7 +162,7 @@ def _write_photos_and_annotations(root: Path, rows, approved, top_titles, settin
             "detection_id": int(detection.id), "query_id": int(query.id)})
         if product is not None:
             products[product.sku] = {"sku": product.sku, "name": product.title, "category": product.category,
-                                     "tags": list((product.attributes or {}).get("tags") or [])}
+                                     "tags": _tags(product)}
     used = {a["image_id"] for a in coco["annotations"]}
     coco["images"] = [photos[i] for i in sorted(photos) if i in used]
     labels = sorted({a["label"] for a in coco["annotations"] if a["label"]})

@@ -9,9 +9,10 @@ feature breakdown and a one-line explanation.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -330,11 +331,11 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def parse_box(text: str) -> Box:
-    """``x,y,w,h`` in pixels -> Box."""
+    """``x,y,w,h`` in pixels -> Box (the one parser of --box, the review app's box lines and the API's box fields)."""
     try:
-        x, y, w, h = (float(v) for v in text.split(","))
+        x, y, w, h = (float(v) for v in str(text).split(","))
     except ValueError as exc:
         raise ValueError(f"box must be x,y,w,h in pixels, got {text!r}") from exc
-    if w <= 0 or h <= 0:
-        raise ValueError(f"box width and height must be positive, got {text!r}")
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"box must be finite with a positive width and height, got {text!r}")
     return Box.from_xywh(x, y, w, h)

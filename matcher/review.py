@@ -43,8 +43,8 @@ from .db import repository as repo
 from .db.engine import database_url, get_engine
 from .db.migrate import upgrade
 from .imageio import ImageLoadError, decode_image, load_image
-from .settings import Settings
 from .mask_edit import Hint
+from .settings import Settings
 from .types import Box
 
 log = logging.getLogger(__name__)
@@ -512,7 +512,7 @@ def _conflict(session: Session, detection_id: int, action: str) -> ConflictError
 def decide(settings: Settings, detection_id: int, reviewer: Reviewer | str, verdict: str, product_id: int | None = None,
            note: str | None = None, *, expected_version: int) -> DecisionRecord:
     """Record a decision if the detection is still pending at ``expected_version``; else ``ConflictError``."""
-    name = reviewer.name if isinstance(reviewer, Reviewer) else str(reviewer)
+    name = _name(reviewer)
     if not name.strip():
         raise AuthError("a decision needs a signed-in reviewer")
     if verdict not in VERDICTS:
@@ -544,7 +544,7 @@ def decide(settings: Settings, detection_id: int, reviewer: Reviewer | str, verd
 
 def undo_last(settings: Settings, reviewer: Reviewer | str) -> DecisionRecord:
     """Undo the reviewer's own latest live decision: the detection goes back to the queue."""
-    name = reviewer.name if isinstance(reviewer, Reviewer) else str(reviewer)
+    name = _name(reviewer)
     with _session(settings) as session, session.begin():
         decision = repo.last_live_decision_of(session, name, for_update=True)
         if decision is None:
@@ -565,7 +565,7 @@ def undo_last(settings: Settings, reviewer: Reviewer | str) -> DecisionRecord:
 def history(settings: Settings, reviewer: Reviewer | str | None = None, *, limit: int | None = 200,
             live_only: bool = False) -> list[DecisionRecord]:
     """Decisions, newest first, with who, when and which re-ranker ranked the candidates."""
-    name = reviewer.name if isinstance(reviewer, Reviewer) else reviewer
+    name = _name(reviewer) if reviewer is not None else None  # None: everyone's
     with _session(settings) as session:
         rows = repo.decision_history(session, reviewer=name, live_only=live_only, limit=limit)
     return [_record(d, sku, title, det, image_path) for d, sku, title, _category, det, image_path in rows]
@@ -739,7 +739,7 @@ def parse_boxes(text: str) -> list[Box]:
 def match_upload(settings: Settings, path: str | Path, engine, *, reviewer: Reviewer | str,
                  boxes: Sequence[Box] | None = None) -> int:
     """Run the query path on a saved upload and store it for review; returns the query id."""
-    name = reviewer.name if isinstance(reviewer, Reviewer) else str(reviewer)
+    name = _name(reviewer)
     path = Path(path).resolve()
     if path.parent != uploads_dir(settings):
         raise UploadError("only photos saved by save_upload can be matched from the app")
@@ -766,7 +766,7 @@ def rerun_detection(settings: Settings, detection_id: int, box: Box, engine, *, 
         result = engine.match(photo, boxes=[box], box_categories=[view.category], store=False)
     except ValueError as exc:
         raise ReviewError(str(exc)) from exc
-    name = reviewer.name if isinstance(reviewer, Reviewer) else reviewer
+    name = _name(reviewer) if reviewer else None
     return _replace_detection(settings, view, expected_version, result.objects[0], action="box adjustment",
                               label=f"adjusted by {name}" if name else "adjusted box", source="review-adjust")
 
@@ -785,6 +785,7 @@ def correct_mask(settings: Settings, detection_id: int, engine, *, add: Sequence
     A new detection carrying the corrected mask and its re-ranked candidates replaces the old one
     (as a box adjustment does), and the mask itself goes to ``mask_corrections`` with the reviewer,
     the time, the hints and its version, as training data for the segmenter."""
+    from .cutout import mask_bbox
     from .query import QueryObject, cut_out
     from .types import Detection
 
@@ -795,9 +796,7 @@ def correct_mask(settings: Settings, detection_id: int, engine, *, add: Sequence
     mask = _refined(settings, view, photo, engine, add, remove)
     if not mask.any():
         raise ReviewError("the corrected mask is empty: remove fewer regions, or mark the detection as the wrong object")
-    rows, cols = np.nonzero(mask)
-    box = Box(float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
-    detection = Detection(box=box, score=view.score, label=view.label, category=view.category, source="review-mask")
+    detection = Detection(box=mask_bbox(mask), score=view.score, label=view.label, category=view.category, source="review-mask")
     segmenter_id = f"review:{engine.segmenter.segmenter_id}"
     cutout = cut_out(photo, detection, mask, segmenter_id, settings)
     candidates = engine.identify([cutout], [detection], settings.stored_candidates, False, {})[0]
@@ -805,12 +804,8 @@ def correct_mask(settings: Settings, detection_id: int, engine, *, add: Sequence
     hints = {"add": [h.to_list() for h in add], "remove": [h.to_list() for h in remove]}
 
     def record(session: Session, new_id: int) -> None:
-        previous = repo.latest_mask_correction(session, view.id)
-        repo.save_mask_correction(
-            session, detection_id=new_id, corrected_detection_id=view.id, query_id=view.query_id,
-            previous_id=previous.id if previous else None, version=previous.version + 1 if previous else 1,
-            method="corrected", reviewer=_name(reviewer), label=view.category, hints=hints, segmenter_id=segmenter_id,
-            flags=list(cutout.flags), mask_png=encode_png(mask), mask_sha256=_sha256(encode_png(mask)))
+        _save_mask_version(session, view, mask, new_id, method="corrected", reviewer=reviewer, hints=hints,
+                           segmenter_id=segmenter_id, flags=list(cutout.flags), corrected_detection_id=view.id)
 
     return _replace_detection(settings, view, expected_version, obj, action="mask correction",
                               label=f"mask fixed by {_name(reviewer)}", source="review-mask", also=record)
@@ -822,15 +817,28 @@ def verify_mask(settings: Settings, detection_id: int, reviewer: Reviewer | str)
     mask = load_mask(view.mask_path)
     if mask is None or not mask.any():
         raise ReviewError(f"detection {detection_id} has no usable mask to verify")
-    png = encode_png(mask)
     with _session(settings) as session, session.begin():
-        previous = repo.latest_mask_correction(session, view.id)
-        version = previous.version + 1 if previous else 1
-        repo.save_mask_correction(
-            session, detection_id=view.id, query_id=view.query_id, previous_id=previous.id if previous else None,
-            version=version, method="verified", reviewer=_name(reviewer), label=view.category, hints={},
-            segmenter_id=previous.segmenter_id if previous else view.source, flags=list(view.flags), mask_png=png,
-            mask_sha256=_sha256(png))
+        return _save_mask_version(session, view, mask, view.id, method="verified", reviewer=reviewer, hints={},
+                                  flags=list(view.flags))
+
+
+def _save_mask_version(session: Session, view: DetectionView, mask: np.ndarray, detection_id: int, *, method: str,
+                       reviewer: Reviewer | str, hints: dict, flags: list[str], segmenter_id: str | None = None,
+                       corrected_detection_id: int | None = None) -> int:
+    """Store a reviewed mask as the next version of ``view``'s object (1 for its first); returns the version.
+
+    A verified mask keeps the segmenter of the version it confirms (``segmenter_id`` None)."""
+    import hashlib
+
+    previous = repo.latest_mask_correction(session, view.id)
+    segmenter_id = segmenter_id or (previous.segmenter_id if previous else view.source)
+    version = previous.version + 1 if previous else 1
+    png = encode_png(mask)
+    repo.save_mask_correction(
+        session, detection_id=detection_id, corrected_detection_id=corrected_detection_id, query_id=view.query_id,
+        previous_id=previous.id if previous else None, version=version, method=method, reviewer=_name(reviewer),
+        label=view.category, hints=hints, segmenter_id=segmenter_id, flags=flags, mask_png=png,
+        mask_sha256=hashlib.sha256(png).hexdigest())
     return version
 
 
@@ -848,12 +856,6 @@ def mask_history(settings: Settings, detection_id: int) -> list[dict[str, Any]]:
 
 def _name(reviewer: Reviewer | str) -> str:
     return reviewer.name if isinstance(reviewer, Reviewer) else str(reviewer)
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _pending_view(settings: Settings, detection_id: int, expected_version: int, action: str) -> DetectionView:

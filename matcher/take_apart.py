@@ -8,6 +8,7 @@ indexed each layer is also matched and named by its best product.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import registry
 from .imageio import load_image
+from .cutout import mask_bbox
 from .layers import LayerObject, LayerSet, build_layer_set, composite_error, psd_problems, write_all
 from .query import NotIndexedError, QueryEngine, crop_box, cut_out, find_objects, user_detections
 from .settings import Settings
@@ -139,24 +141,29 @@ def all_instances(image: LoadedImage, settings: Settings) -> tuple[list[Detectio
 def _one_label_per_region(detections: list[Detection], masks: list[Mask],
                           overlap: float = 0.5) -> tuple[list[Detection], list[Mask]]:
     """Label channels each fire on a look-alike object: where regions overlap, the most confident label wins."""
+    from .evaluation.masks import mask_iou
+
     kept: list[int] = []
     for i in sorted(range(len(masks)), key=lambda k: -masks[k].score):
-        if all(_mask_iou(masks[i].binary, masks[j].binary) < overlap for j in kept):
+        if all(mask_iou(masks[i].binary, masks[j].binary) < overlap for j in kept):
             kept.append(i)
     kept.sort()
     return [detections[i] for i in kept], [masks[i] for i in kept]
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def _seg_model(settings: Settings):
     from .device import resolve_device
-    from .segmentation.model import find_model_dir, load_model_dir
+    from .segmentation.model import find_model_dir
 
-    return load_model_dir(find_model_dir(settings.seg_model_dir), device=resolve_device(settings.device))
+    return _loaded_seg_model(str(find_model_dir(settings.seg_model_dir)), resolve_device(settings.device))
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_seg_model(model_dir: str, device: str):
+    """Loaded once per process: the API calls this for every photo sent without boxes."""
+    from .segmentation.model import load_model_dir
+
+    return load_model_dir(model_dir, device=device)
 
 
 def _label_instances(image: LoadedImage, model, labels: list[str], settings: Settings,
@@ -197,12 +204,12 @@ def layer_object(image: LoadedImage, detection: Detection, mask: Mask, cutout: C
     """The cutout as an RGBA layer cropped to its visible pixels, with where that crop sits in the photo."""
     rows, cols = crop_box(image, detection).int_slices()
     rgba = cutout.rgba()
-    ys, xs = np.nonzero(rgba[..., 3])
-    if ys.size:  # trim the fully transparent margin; an empty matte keeps its crop
-        rgba = rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-        offset = (cols.start + int(xs.min()), rows.start + int(ys.min()))
-    else:
-        offset = (cols.start, rows.start)
+    offset = (cols.start, rows.start)
+    visible = mask_bbox(rgba[..., 3] > 0)
+    if visible is not None:  # trim the fully transparent margin; an empty matte keeps its crop
+        rgba_rows, rgba_cols = visible.int_slices()
+        rgba = rgba[rgba_rows, rgba_cols]
+        offset = (cols.start + rgba_cols.start, rows.start + rgba_rows.start)
     return LayerObject(label=_label(detection, product), box=detection.box, rgba=np.ascontiguousarray(rgba),
                        offset=offset, mask_score=float(mask.score), segmenter=mask.source, flags=tuple(cutout.flags),
                        sku=product[0] if product else None, match_score=product[1] if product else None)

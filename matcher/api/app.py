@@ -355,14 +355,6 @@ def _learned_objects(settings: Settings, path, prompt: str | None, category: str
     return [replace(d, category=category) if category else d for d in found[0]]
 
 
-def _rle(mask) -> dict[str, Any]:
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def _match_response(result, top_k: int, with_masks: bool) -> dict[str, Any]:
     objects = []
     for obj in result.objects:
@@ -376,7 +368,9 @@ def _match_response(result, top_k: int, with_masks: bool) -> dict[str, Any]:
                           "explanation": c.explanation} for i, c in enumerate(obj.candidates[:top_k])],
         }
         if with_masks and obj.full_mask is not None:
-            entry["mask"] = _rle(obj.full_mask)
+            from ..segmentation.data import encode_mask
+
+            entry["mask"] = encode_mask(obj.full_mask)
         objects.append(entry)
     return {"query_id": result.query_id, "space": result.space, "reranker": result.reranker_version,
             "image": {"width": result.width, "height": result.height},

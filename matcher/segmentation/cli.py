@@ -51,18 +51,6 @@ def _require_bench(dataset: Path) -> None:
         raise _fail(f"not a bench-format data set: missing {', '.join(missing)}")
 
 
-def parse_box_xywh(text: str) -> tuple[float, float, float, float]:
-    """``"x,y,w,h"`` in photo pixels -> (x0, y0, x1, y1); ValueError with the reason."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        x, y, w, h = (float(p) for p in parts)
-    except ValueError as exc:
-        raise ValueError(f"--box {text!r} must be four numbers x,y,w,h") from exc
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"--box {text!r} must be finite with a positive width and height")
-    return (x, y, x + w, y + h)
-
-
 @seg_app.command("train")
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="Bench-format data set (catalog/products.jsonl + scenes/instances.json).")],
@@ -151,12 +139,13 @@ def segment_command(
 ) -> None:
     """Segment every instance of a prompted label (or the objects in --box boxes) into a {0, 255} mask."""
     from ..imageio import ImageLoadError, load_image
+    from ..query import parse_box
     from .labels import UnknownPromptError, resolve_prompt
     from .predict import segment_boxes, segment_prompt
 
     try:
         _check_segment_args(out, prompt, box, threshold)
-        boxes = [parse_box_xywh(b) for b in box or []]
+        boxes = [parse_box(b).xyxy() for b in box or []]
         seg_model = _load_model(model)
         label = resolve_prompt(prompt, seg_model.config.labels) if prompt else None
         rgb = load_image(photo).rgb

@@ -109,6 +109,14 @@ def read_bench(root: Path | str) -> Bench:
     return Bench(root, {k: s for k, s in scenes.items() if s.instances}, label_of_sku)
 
 
+def encode_mask(mask: np.ndarray) -> dict:
+    """A bool (H, W) mask as COCO RLE with ``counts`` as text (JSON-ready); :func:`decode_mask` reads it back."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def decode_mask(rle: dict, height: int, width: int) -> np.ndarray:
     """A COCO RLE (``counts`` as str or bytes) as a bool (H, W) array."""
     from pycocotools import mask as mask_utils

@@ -396,6 +396,8 @@ def test_parse_boxes_names_the_bad_line():
     assert review.parse_boxes("1,2,30,40\n\n5,6,70,80\n") == [Box(1, 2, 31, 42), Box(5, 6, 75, 86)]
     with pytest.raises(ReviewError, match="line 2"):
         review.parse_boxes("1,2,30,40\n1,2,three,4")
+    with pytest.raises(ReviewError, match="finite"):  # float() reads "nan" and "inf"; a box cannot be either
+        review.parse_boxes("nan,2,30,40")
 
 
 def test_cli_review_starts_streamlit_on_the_current_settings(settings, monkeypatch):

@@ -22,10 +22,9 @@ from tests.torch_support import one_torch_thread  # noqa: F401 - autouse for thi
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
+    from matcher.segmentation.data import encode_mask
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
+    return encode_mask(mask)
 
 
 def _scene(rng: np.random.Generator, skus: list[str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
