@@ -109,6 +109,21 @@ def eval_command(
                f"{report['unlabelled_instances']} unlabelled instances (box mode only); report {json_out}")
 
 
+@seg_app.command("calibrate")
+def calibrate_command(
+    dataset: Annotated[Path, typer.Argument(help="The bench-format data set the model was trained on (same split seed).")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model directory to re-calibrate in place.")] = None,
+) -> None:
+    """Re-lock thresholds, post-processing and box refinement on the validation split; weights untouched."""
+    from .train import calibrate_model_dir
+
+    _require_bench(dataset)
+    try:
+        calibrate_model_dir(resolve_model_dir(model), dataset, report=typer.echo)
+    except (MissingSegModelError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+
+
 def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 

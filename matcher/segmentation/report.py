@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from .data import Bench, decode_mask
-from .evaluate import evaluate_model, iou_and_dice
+from .evaluate import evaluate_model, iou_and_dice, run_tallies
 from .model import CARD_FILE, WEIGHTS_FILE, SegModel
 from .predict import segment_boxes, text_mask, text_probabilities
 
@@ -162,6 +162,10 @@ def markdown_report(data: dict[str, Any]) -> str:
                      f"{'off' if fine['postprocess']['box'] else 'on'} (box) | {_fmt(other['miou'])} | "
                      f"{_fmt(other['dice'])} | {_fmt(other['text']['miou_pooled'])} | "
                      f"{_fmt(other['text']['false_alarm_rate'])} | {_fmt(other['box_iou'])} |")
+    unrefined = data.get("test_other_refine")
+    if unrefined:
+        lines.append(f"| fine-tuned, box refinement {unrefined['refine_box']} | - | - | - | - | "
+                     f"{_fmt(unrefined['box_iou'])} |")
     if untrained:
         lines.append(f"| untrained decoder (0.5) | {_fmt(untrained['miou'])} | {_fmt(untrained['dice'])} | "
                      f"{_fmt(untrained['text']['miou_pooled'])} | {_fmt(untrained['text']['false_alarm_rate'])} | "
@@ -182,7 +186,8 @@ def markdown_report(data: dict[str, Any]) -> str:
               f"box threshold {cfg['threshold_box']} (mirror averaging {_on(cfg['flip_tta_box'])}). "
               f"Post-processing on validation: text {_fmt(post['text']['off'])} off vs {_fmt(post['text']['on'])} on "
               f"-> {'on' if cfg['postprocess_text'] else 'off'}; box {_fmt(post['box']['off'])} off vs "
-              f"{_fmt(post['box']['on'])} on -> {'on' if cfg['postprocess_box'] else 'off'}.", "",
+              f"{_fmt(post['box']['on'])} on -> {'on' if cfg['postprocess_box'] else 'off'}. Box refinement on "
+              f"validation: {refinements(sweep)} -> {cfg.get('refine_box', 'none')}.", "",
               "## Speed and size", "",
               f"- inference: {timing['text_ms_per_image']:.0f} ms per photo (text prompt), "
               f"{timing['box_ms_per_box']:.0f} ms per box (box prompts, batched per photo)"
@@ -193,6 +198,11 @@ def markdown_report(data: dict[str, Any]) -> str:
                 f"{e['val_box_iou']:.3f} | {e['seconds']:.0f} |" for e in data["history"]["epochs"]], "",
               "## Panels", "", *[f"![panel]({Path(p).name})" for p in data["panels"]], ""]
     return "\n".join(lines)
+
+
+def refinements(sweep: dict[str, Any]) -> str:
+    """'none 0.842, grabcut 0.862': validation box IoU per box refinement."""
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get("refine_val") or {}).items()) or "not measured"
 
 
 def model_card(data: dict[str, Any]) -> str:
@@ -209,7 +219,8 @@ def model_card(data: dict[str, Any]) -> str:
         + (f" (not learned, too few training instances: {_counts(data['labels_left_out'])}; `matcher seg eval` "
            "reports them apart)" if data["labels_left_out"] else ""),
         f"- thresholds (locked on the validation split): text {cfg['threshold_text']}, box {cfg['threshold_box']}; "
-        f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; mirror averaging "
+        f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; box refinement "
+        f"{cfg.get('refine_box', 'none')}; mirror averaging "
         f"text {_on(cfg['flip_tta_text'])}, box {_on(cfg['flip_tta_box'])}",
         f"- inputs: box crops {cfg['box_size']} px (box + {cfg['box_margin']:.0%} margin), photos at long side "
         f"{cfg['text_long_side']} px", "",
@@ -232,6 +243,14 @@ def model_card(data: dict[str, Any]) -> str:
         f"on {data['machine']}", ""])
 
 
+def unrefined_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any]:
+    """Box IoU on the test split without the locked box refinement (the report shows what it adds)."""
+    cfg = model.config
+    _, box = run_tallies(model, bench, test_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
+                         box_post=cfg.postprocess_box, box_refine="none", images=images)
+    return {"refine_box": "none", "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
+
+
 def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any],
                       report: Callable[[str], None]) -> dict[str, Any]:
     from dataclasses import asdict
@@ -241,6 +260,7 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
     folder = Path(model.path) / REPORT_DIR
     other = evaluate_model(model, bench, split["test"], text_post=not cfg.postprocess_text,
                            box_post=not cfg.postprocess_box, images=images)
+    unrefined = unrefined_boxes(model, bench, split["test"], images) if cfg.refine_box != "none" else None
     report(f"test: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}; box IoU {_fmt(test['box_iou'])}")
     untrained = untrained_baseline(model, bench, split["test"], images, opts) if opts.baselines else None
     classical = classical_baseline(bench, split["test"], images) if opts.baselines else None
@@ -249,6 +269,7 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
     data = {
         "model_id": model.model_id, "dataset": str(bench.root), "split_sizes": {k: len(v) for k, v in split.items()},
         "split": split, "config": json.loads(cfg.to_json()), "test": test, "test_other_postprocess": other,
+        "test_other_refine": unrefined,
         "untrained": untrained, "classical": classical, "sweep": ctx["sweep"],
         "history": asdict(ctx["history"]), "timing": inference_timing(model, bench, split["test"], images),
         "weights_mb": (Path(model.path) / WEIGHTS_FILE).stat().st_size / 1e6,
@@ -272,3 +293,20 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def calibration_markdown(data: dict[str, Any]) -> str:
+    """The '## Calibration' section of ``matcher seg calibrate`` (report/calibration.md and the model card)."""
+    cfg, before, sweep, test = data["config"], data["before"], data["sweep"], data["test"]
+    keys = ("threshold_text", "threshold_box", "flip_tta_text", "flip_tta_box", "postprocess_text",
+            "postprocess_box", "refine_box")
+    changed = [f"{k} {before.get(k, 'none')} -> {cfg[k]}" for k in keys if before.get(k, "none") != cfg[k]]
+    unrefined = data.get("test_unrefined")
+    return "\n".join([
+        "## Calibration", "",
+        f"Re-locked on the validation split of `{data['dataset']}` (seed {data['seed']}) by "
+        f"`matcher seg calibrate {data['dataset']} --model MODEL_DIR`; the weights are unchanged.", "",
+        f"- changed: {', '.join(changed) or 'nothing'}",
+        f"- box refinement on validation: {refinements(sweep)} -> {cfg['refine_box']}",
+        f"- test split now: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}; box IoU {_fmt(test['box_iou'])}"
+        + (f" (without the refinement {_fmt(unrefined['box_iou'])})" if unrefined else ""), ""])

