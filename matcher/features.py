@@ -107,8 +107,9 @@ def part_cosines(query: np.ndarray, product: np.ndarray, parts: Mapping[str, sli
 
 def candidate_features(query: ShapeSummary, product: ShapeSummary | None, cosine: float, query_category: str | None,
                        product_category: str | None, rank: int, n_candidates: int, best_cosine: float,
-                       parts: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Features of one candidate on its own; ``add_list_features`` adds the ``*_gap`` ones over the whole list."""
+                       parts: Mapping[str, float] | None = None, delta_e: float | None = None) -> dict[str, float]:
+    """Features of one candidate on its own; ``add_list_features`` adds the ``*_gap`` ones over the whole list.
+    ``delta_e``: the palettes' distance when already computed for the whole list (``colors.palette_distances``)."""
     if query_category is None or product_category is None:
         category = 0.5
     else:
@@ -125,7 +126,8 @@ def candidate_features(query: ShapeSummary, product: ShapeSummary | None, cosine
     }
     if product is not None:
         if query.palette and product.palette:
-            features["delta_e"] = min(DELTA_E_CAP, palette_distance(query.palette, product.palette))
+            distance = palette_distance(query.palette, product.palette) if delta_e is None else delta_e
+            features["delta_e"] = min(DELTA_E_CAP, distance)
         features["silhouette_iou"] = silhouette_iou(query, product)
         features["aspect_agreement"] = _agreement(query.aspect, product.aspect)
         features["fill_agreement"] = _agreement(query.fill, product.fill)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from . import registry
 from .codec import decode_png, encode_png
+from .colors import palette_distances
 from .cutout import composite_for_embedding, make_cutout
 from .db import repository as repo
 from .db.engine import get_engine
@@ -28,6 +29,7 @@ from .db.migrate import upgrade
 from .fusion import FusionConfig, fuse_detections
 from .features import ShapeSummary, add_list_features, candidate_features, part_cosines, shape_summary
 from .imageio import load_image
+from .parallel import numba_threads_safe, thread_map
 from .rerank import FORMULA, Reranker, UnsafeModelError, explain
 from .settings import Settings
 from .types import Box, Candidate, Cutout, Detection, LabColor, LoadedImage
@@ -119,8 +121,11 @@ class QueryEngine:
             self.space = space
             self.reranker = self._load_reranker(session)
         if embedder is None or segmenter is None:
-            embedder, segmenter = registry.backends_for_space(space.embedder_id, space.segmenter_id, settings)
-        registry.check_backends(embedder, segmenter, space.embedder_id, space.segmenter_id)
+            embedder, catalog_segmenter = registry.backends_for_space(space.embedder_id, space.segmenter_id, settings)
+            segmenter = registry.query_segmenter(settings, space.embedder_id, catalog_segmenter)
+        else:  # injected backends (tests, evaluations) must be the space's own
+            registry.check_backends(embedder, segmenter, space.embedder_id, space.segmenter_id)
+        # self.segmenter traces room photos; it may differ from the catalog's (see registry.BACKEND_PRESETS).
         self.embedder, self.segmenter = embedder, segmenter
         self.detectors = list(detector_objects) + [registry.create("detector", name, settings) for name in detectors]
         self._shapes: dict[int, ShapeSummary | None] = {}
@@ -214,9 +219,11 @@ class QueryEngine:
         if query_shape is None or not hits:
             return []
         best = hits[0].cosine
-        rows = [candidate_features(query_shape, self._shapes.get(h.product_id), h.cosine, detection.category, h.category,
-                                   rank, len(hits), best, self._part_cosines(query_vector, h.product_id))
-                for rank, h in enumerate(hits)]
+        shapes = [self._shapes.get(h.product_id) for h in hits]
+        distances = palette_distances(query_shape.palette, [s.palette if s else None for s in shapes])
+        rows = [candidate_features(query_shape, shape, h.cosine, detection.category, h.category, rank, len(hits), best,
+                                   self._part_cosines(query_vector, h.product_id), delta_e=distance)
+                for rank, (h, shape, distance) in enumerate(zip(hits, shapes, distances))]
         add_list_features(rows)  # over all hits, before the list is cut to what is stored
         scores = self.reranker.score(rows)
         candidates = [Candidate(sku=h.sku, product_id=h.product_id, score=float(s), features=f, title=h.title,
@@ -246,7 +253,8 @@ class QueryEngine:
         with _timed(timings, "trace"):
             masks = self.trace(image, detections)
         with _timed(timings, "polish"):
-            cutouts = [self.polish(image, d, m) for d, m in zip(detections, masks)]
+            workers = self.settings.query_workers if numba_threads_safe() else 1
+            cutouts = thread_map(lambda pair: self.polish(image, *pair), zip(detections, masks), workers)
         candidates = self.identify(cutouts, detections, top_n or self.settings.top_n, category_filter, timings)
         objects = [QueryObject(detection=d, cutout=c, candidates=cands, full_mask=m, crop_box=self.crop_box(image, d))
                    for d, c, cands, m in zip(detections, cutouts, candidates, masks)]

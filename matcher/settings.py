@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     # Cutouts and matting.
     matting_max_side: int = 1024
+    query_workers: int = Field(default=2, ge=1, le=64, description="Threads cutting out the objects of one room "
+                               "photo in parallel (GrabCut and matting release the GIL); 1 = one after another.")
     query_matting_max_side: int = Field(default=512, ge=64, description="Matting resolution of query cutouts: the "
                                         "embedder sees 224-320 px and the review app shows at most 512.")
     fast_matting: bool = Field(default=True, description="Closed-form matting solved only around possible soft "
@@ -105,6 +107,9 @@ class Settings(BaseSettings):
     # --- Learned segmentation (matcher.segmentation, issue 13) ---
     segmenter: str | None = Field(default=None, description="Segmenter backend name overriding the --backend preset "
                                   "(e.g. 'learned').")
+    query_segmenter: str | None = Field(default=None, description="Segmenter backend for room photos (query "
+                                        "path, review, layers); default: MATCHER_SEGMENTER if set, else the "
+                                        "--backend preset's ('learned' for effnet).")
     seg_model_dir: Path | None = Field(default=None, description="Model directory made by `matcher seg train` "
                                        "(the 'learned' segmenter and `matcher segment`).")
 

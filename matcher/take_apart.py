@@ -117,7 +117,7 @@ def _objects(image: LoadedImage, settings: Settings, request: LayersRequest,
         detections = engine.find(image)
     else:
         detections = find_objects([registry.create("detector", n, settings) for n in request.detectors], image)
-    segmenter = engine.segmenter if engine is not None else registry.create_segmenter(settings)
+    segmenter = engine.segmenter if engine is not None else registry.create_query_segmenter(settings)
     masks = segmenter.segment(image.rgb, [d.box for d in detections]) if detections else []
     return detections, list(masks)
 

@@ -2,7 +2,7 @@
 scenes with their annotated boxes, with the quality figures beside them (query-cutout mask IoU against the
 true instance masks, recall@1/5/10 of the right product).
 
-    MATCHER_DATA_DIR=DIR .venv/bin/python scripts/bench_query.py ../shared/bench/furniture-dev --scenes 80
+    MATCHER_DATA_DIR=DIR .venv/bin/python scripts/bench_query.py ../shared/bench/furniture-dev --scenes 90 --exclude-seg-train
 
 DIR must hold the data set's catalog indexed with the default backends (`matcher index DATASET/catalog/products.jsonl`,
 or the index `matcher eval DATASET` leaves behind). Each photo is matched by both configurations, alternating
@@ -25,9 +25,10 @@ from matcher.segmentation.data import decode_mask  # noqa: E402
 from matcher.settings import Settings  # noqa: E402
 from matcher.types import Box  # noqa: E402
 
-CONFIGS = {
-    "old": {"query_matting_max_side": 1024, "fast_matting": False},
-    "new": {},
+CONFIGS = {  # the issue's starting point, then each change on top, ending with today's defaults
+    "old": {"query_matting_max_side": 1024, "fast_matting": False, "query_segmenter": "classical", "query_workers": 1},
+    "matting": {"query_segmenter": "classical", "query_workers": 1},  # fast matting at 512 px
+    "new": {},  # and the learned segmenter (GrabCut-refined) in rooms, objects cut out on 2 threads
 }
 STAGES = ("trace", "polish", "embed", "search", "rerank")
 
@@ -37,6 +38,9 @@ def main() -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--scenes", type=int, default=80)
     parser.add_argument("--json", type=Path, help="Write the figures here too.")
+    parser.add_argument("--exclude-seg-train", action="store_true",
+                        help="Skip the scenes the shipped learned segmenter was trained on (when DATASET is its "
+                             "training set: the quality figures then judge it on photos it never saw).")
     args = parser.parse_args()
     coco = json.loads((args.dataset / "scenes" / "instances.json").read_text())
     anns: dict[int, list[dict]] = {}
@@ -45,10 +49,12 @@ def main() -> int:
     engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in CONFIGS.items()}
     times = {name: {stage: [] for stage in STAGES + ("total",)} for name in CONFIGS}
     quality = {name: {"iou": [], "rank": []} for name in CONFIGS}
-    images = [img for img in coco["images"] if anns.get(img["id"])][: args.scenes]
+    skip = seg_training_scenes(args.dataset) if args.exclude_seg_train else set()
+    images = [img for img in coco["images"] if anns.get(img["id"]) and img["id"] not in skip][: args.scenes]
     for index, image in enumerate(images):
         objects = anns[image["id"]]
-        order = list(CONFIGS) if index % 2 == 0 else list(reversed(CONFIGS))
+        shift = index % len(CONFIGS)  # each configuration goes first as often as the others
+        order = list(CONFIGS)[shift:] + list(CONFIGS)[:shift]
         for name in order:
             result = engines[name].match(args.dataset / image["file_name"], store=False,
                                          boxes=[Box.from_xywh(*a["bbox"]) for a in objects])
@@ -69,6 +75,15 @@ def main() -> int:
     return 0
 
 
+def seg_training_scenes(dataset: Path) -> set[int]:
+    """Image ids of the training split of the shipped learned segmenter (same split function and seed)."""
+    from matcher.segmentation.data import read_bench, split_bench
+    from matcher.segmentation.model import load_model_dir
+
+    seed = int(load_model_dir(None).config.extra.get("training", {}).get("seed", 42))
+    return set(split_bench(read_bench(dataset), seed=seed)["train"])
+
+
 def _recall(ranks: list, k: int) -> float:
     return sum(1 for r in ranks if r is not None and r <= k) / max(len(ranks), 1)
 
@@ -85,14 +100,15 @@ def summarise(times: dict, quality: dict, photos: int) -> dict:
 
 
 def print_report(report: dict) -> None:
-    old, new = report["stages"]["old"], report["stages"]["new"]
+    stages = report["stages"]
+    names = list(stages)
     print(f"{report['photos']} photos, annotated boxes, seconds per photo\n")
-    print("| stage | old p50 | old p95 | new p50 | new p95 | p50 old/new | p95 old/new |")
-    print("|---|---|---|---|---|---|---|")
-    for stage in old:
-        o, n = old[stage], new[stage]
-        print(f"| {stage} | {o['p50']:.3f} | {o['p95']:.3f} | {n['p50']:.3f} | {n['p95']:.3f} | "
-              f"{o['p50'] / max(n['p50'], 1e-9):.2f} | {o['p95'] / max(n['p95'], 1e-9):.2f} |")
+    print("| stage | " + " | ".join(f"{n} p50 | {n} p95" for n in names) + " | p50 old/new | p95 old/new |")
+    print("|---|" + "---|---|" * len(names) + "---|---|")
+    for stage in stages["old"]:
+        o, n = stages["old"][stage], stages["new"][stage]
+        cells = " | ".join(f"{stages[c][stage]['p50']:.3f} | {stages[c][stage]['p95']:.3f}" for c in names)
+        print(f"| {stage} | {cells} | {o['p50'] / max(n['p50'], 1e-9):.2f} | {o['p95'] / max(n['p95'], 1e-9):.2f} |")
     print("\n| config | objects | mean mask IoU | recall@1 | recall@5 | recall@10 |")
     print("|---|---|---|---|---|---|")
     for name, q in report["quality"].items():

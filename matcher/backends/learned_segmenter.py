@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class LearnedSegmenter:
-    def __init__(self, model_dir: Path | str | None, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model_dir: Path | str | None, *, device: str = "auto", threads: int | None = None,
+                 workers: int = 1) -> None:
         import torch
 
         from ..device import resolve_device
@@ -34,11 +35,13 @@ class LearnedSegmenter:
             torch.set_num_threads(int(threads))  # process-wide: the CPU budget the operator gave matcher
         self.model = load_model_dir(model_dir, device=resolve_device(device))
         self.segmenter_id = self.model.model_id
+        self.workers = workers  # threads refining one photo's boxes (GrabCut releases the GIL)
         log.info("learned segmenter %s from %s", self.segmenter_id, self.model.path)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LearnedSegmenter":
-        return cls(settings.seg_model_dir, device=settings.device, threads=settings.torch_threads)
+        return cls(settings.seg_model_dir, device=settings.device, threads=settings.torch_threads,
+                   workers=settings.query_workers)
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
         from ..imageio import as_rgb8
@@ -51,7 +54,7 @@ class LearnedSegmenter:
         h, w = image.shape[:2]
         prompts = [b.clip(w, h).xyxy() for b in boxes]
         return [Mask(binary=r.mask > 0, score=r.score, source=self.segmenter_id)
-                for r in segment_boxes(image, prompts, self.model)]
+                for r in segment_boxes(image, prompts, self.model, workers=self.workers)]
 
 
 @register("segmenter", "learned")

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..imageio import as_rgb8
+from ..parallel import thread_map
 from .data import PAD_RGB, box_window, crop_window, resize_to, text_canvas
 from .model import SegModel
 
@@ -29,6 +30,7 @@ HOLE_SHARE = 0.002  # holes under this share of the mask's area are filled
 GRABCUT_SURE = 0.95  # probability above which a pixel is sure object (and under 1 - this, sure backdrop)
 GRABCUT_SIDE = 320  # GrabCut works on the box at most this many pixels on its long side
 GRABCUT_ITERATIONS = 3
+GRABCUT_SEED = 42
 
 
 def to_tensor(batch_rgb: Sequence[np.ndarray], device: str = "cpu"):
@@ -242,7 +244,7 @@ def grabcut_refine(image: np.ndarray, probs: np.ndarray, box_xyxy: Sequence[floa
 
     The network works at 256 px and fills the gaps between thin parts (chair and table legs, plant
     leaves); GrabCut's colour models, learned from the pixels the network is sure about, give those
-    gaps back to the floor or wall they show.  Measured on the dev validation split: box IoU 0.842 -> 0.862.
+    gaps back to the floor or wall they show.  Measured on the dev validation split: box IoU 0.842 -> 0.863 (test 0.838 -> 0.854).
     """
     h, w = probs.shape
     pad = 8
@@ -262,6 +264,7 @@ def grabcut_refine(image: np.ndarray, probs: np.ndarray, box_xyxy: Sequence[floa
     seeds[p < 1.0 - GRABCUT_SURE] = cv2.GC_BGD
     if not ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).any() or (seeds == cv2.GC_BGD).all():
         return rough
+    cv2.setRNGSeed(GRABCUT_SEED)  # GrabCut's k-means starts from OpenCV's (per-thread) RNG: same box, same mask
     try:
         cv2.grabCut(np.ascontiguousarray(crop[..., ::-1]), seeds, None, np.zeros((1, 65)), np.zeros((1, 65)),
                     GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
@@ -291,20 +294,23 @@ def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postp
 
 def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], model: SegModel,
                   threshold: float | None = None, postprocess: bool | None = None,
-                  refine: str | None = None) -> list[BoxResult]:
-    """One full-size {0, 255} mask per box (x0, y0, x1, y1), in order."""
+                  refine: str | None = None, workers: int = 1) -> list[BoxResult]:
+    """One full-size {0, 255} mask per box (x0, y0, x1, y1), in order; the boxes' thresholding and
+    refinement on up to ``workers`` threads (the network runs once for all of them)."""
     image = as_rgb8(image)
     thr = model.config.threshold_box if threshold is None else float(threshold)
     post = model.config.postprocess_box if postprocess is None else postprocess
     refine = model.config.refine_box if refine is None else refine
     ok = [b[2] - b[0] >= 1 and b[3] - b[1] >= 1 for b in boxes_xyxy]
     probs = iter(box_probabilities(model, image, [b for b, good in zip(boxes_xyxy, ok) if good]))
-    results = []
-    for box, good in zip(boxes_xyxy, ok):
-        if good:
-            window, p = next(probs)
-            mask, score = box_mask(window, p, box, image.shape[:2], thr, post, refine, image)
-        else:  # a box under a pixel wide names nothing
+    prompts = [(box, next(probs) if good else None) for box, good in zip(boxes_xyxy, ok)]
+
+    def one(prompt) -> BoxResult:
+        box, window_probs = prompt
+        if window_probs is None:  # a box under a pixel wide names nothing
             mask, score = np.zeros(image.shape[:2], bool), 0.0
-        results.append(BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr))
-    return results
+        else:
+            mask, score = box_mask(*window_probs, box, image.shape[:2], thr, post, refine, image)
+        return BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr)
+
+    return thread_map(one, prompts, workers)

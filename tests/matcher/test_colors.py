@@ -131,3 +131,21 @@ def test_palette_distance_properties():
     assert palette_distance(only_red, []) == float("inf")
     with pytest.raises(ValueError):
         palette_distance(p1, p2, method="nope")
+
+
+def test_palette_distances_for_a_list_equal_one_by_one():
+    from matcher.colors import palette_distances
+
+    rng = np.random.default_rng(3)
+
+    def palette(k):
+        return [LabColor(tuple(rng.uniform([0, -60, -60], [100, 60, 60])), float(rng.uniform(0.1, 1))) for _ in range(k)]
+
+    query = palette(4)
+    others = [palette(3), None, palette(1), [], palette(6)]
+    batched = palette_distances(query, others)
+    assert batched[1] is None and batched[3] == float("inf")
+    for got, other in zip(batched, others):
+        if other:
+            assert got == pytest.approx(palette_distance(query, other), rel=1e-12)
+    assert palette_distances([], [palette(2), None]) == [float("inf"), None]

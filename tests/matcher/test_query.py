@@ -119,3 +119,17 @@ def test_tiny_deep_models_run_detector_sam_and_open_clip_end_to_end(pg_server, t
         assert obj.candidates and all(c.sku in {p["sku"] for p in products} for c in obj.candidates)
         assert "cosine_colour" not in obj.candidates[0].features  # open_clip declares no parts
         assert "silhouette_iou_gap" in obj.candidates[0].features
+
+
+def test_objects_cut_out_on_threads_match_those_cut_out_one_by_one(indexed):
+    import numpy as np
+
+    boxes = [Box.from_xywh(*ann["bbox"]) for ann in _scene_annotations("scenes/images/scene_00000.jpg")]
+    results = {}
+    for workers in (1, 2, 2):  # the first threaded run may still be sequential (numba picks its layer lazily)
+        engine = QueryEngine(indexed.model_copy(update={"query_workers": workers}))
+        results[workers] = engine.match(SCENE, boxes=boxes, store=False)
+    one, two = results[1], results[2]
+    for a, b in zip(one.objects, two.objects):
+        assert np.array_equal(a.cutout.alpha, b.cutout.alpha) and np.array_equal(a.full_mask, b.full_mask)
+        assert [c.sku for c in a.candidates] == [c.sku for c in b.candidates]

@@ -52,3 +52,26 @@ def test_missing_model_dir_is_one_line_saying_how_to_train(tmp_path, monkeypatch
 def test_segmenter_setting_overrides_the_preset(tmp_path):
     assert registry.segmenter_name(Settings(data_dir=tmp_path, segmenter="learned")) == "learned"
     assert registry.segmenter_name(Settings(data_dir=tmp_path)) == "classical"
+
+
+@pytest.mark.parametrize("overrides, kinds, expected", [
+    ({}, ("effnet", "classical"), "learned"),  # the default preset: classical catalog shots, learned rooms
+    ({}, ("classical", "classical"), "classical"),
+    ({}, ("open_clip", "sam"), "sam"),
+    ({}, ("effnet", "sam"), "sam"),  # a space no preset built: its own segmenter
+    ({"segmenter": "classical"}, ("effnet", "classical"), "classical"),  # one segmenter named for both sides
+    ({"query_segmenter": "classical"}, ("effnet", "classical"), "classical"),
+    ({"query_segmenter": "learned"}, ("classical", "classical"), "learned"),
+])
+def test_room_photos_get_the_query_segmenter(tmp_path, overrides, kinds, expected):
+    assert registry.query_segmenter_name(Settings(data_dir=tmp_path, **overrides), *kinds) == expected
+
+
+def test_query_segmenter_reuses_the_catalog_one_or_loads_its_own(tiny_model_dir, tmp_path):  # noqa: F811
+    settings = Settings(data_dir=tmp_path / "data", seg_model_dir=tiny_model_dir, device="cpu")
+    classical = registry.create("segmenter", "classical", settings)
+    room = registry.query_segmenter(settings, "effnet:lite0:gem3-224@abc", classical)
+    assert room.segmenter_id.startswith("learned:") and room is not classical
+    same = registry.query_segmenter(settings, "classical:lab-texture-shape-v1", classical)
+    assert same is classical
+    assert registry.create_query_segmenter(settings).segmenter_id == room.segmenter_id

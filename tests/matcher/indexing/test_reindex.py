@@ -217,6 +217,8 @@ def test_switching_to_the_pretrained_default_answers_from_the_classical_space_un
     assert complete.counts["reembedded"] == 1 and complete.space_active
     engine = QueryEngine(effnet_settings)
     assert engine.embedder.model_id.startswith("effnet:lite0:") and engine.space.dim == 1536
+    # catalog shots were cut out classically; room photos get the shipped learned segmenter
+    assert engine.space.segmenter_id.startswith("classical:") and engine.segmenter.segmenter_id.startswith("learned:")
     assert engine.reranker.version == FORMULA_VERSION  # the classical space's re-ranker does not rank effnet cosines
     candidates = engine.match(photo, boxes=whole, store=False).objects[0].candidates
     assert candidates[0].sku == rows[0]["sku"] and len(candidates) == 3

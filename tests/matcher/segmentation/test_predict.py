@@ -139,3 +139,38 @@ def test_segment_boxes_applies_the_configured_refinement(model):
     assert (plain.mask == again.mask).all() and set(np.unique(plain.mask)) <= {0, 255}
     cut = segment_boxes(image, [(8, 8, 56, 56)], refined, threshold=0.5)[0]
     assert cut.mask.shape == (64, 64) and set(np.unique(cut.mask)) <= {0, 255}
+
+
+def test_threads_give_the_same_masks_as_one_after_another(model):
+    import copy
+    import dataclasses
+
+    refined = copy.copy(model)
+    refined.config = dataclasses.replace(model.config, refine_box="grabcut")
+    image, _, _ = table_photo()
+    boxes = [(30, 30, 130, 100), (0, 0, 60, 60), (100, 50, 160, 120), (5, 5, 5.5, 9)]
+    one = segment_boxes(image, boxes, refined, threshold=0.5, workers=1)
+    two = segment_boxes(image, boxes, refined, threshold=0.5, workers=3)
+    assert [r.box for r in one] == [r.box for r in two] == [tuple(map(float, b)) for b in boxes]
+    assert all((a.mask == b.mask).all() and a.score == b.score for a, b in zip(one, two))
+    assert not one[3].mask.any()  # the box under a pixel wide
+
+
+def test_grabcut_refinement_does_not_depend_on_opencvs_random_state():
+    import cv2
+
+    from matcher.imageio import load_image
+    from matcher.segmentation.data import decode_mask
+    from matcher.segmentation.predict import grabcut_refine
+    from tests.query_support import SCENE, _scene_annotations
+
+    image = load_image(SCENE).rgb  # a real rendered room: GrabCut's k-means start changes its answer there
+    ann = _scene_annotations("scenes/images/scene_00000.jpg")[1]
+    truth = decode_mask(ann["segmentation"], *image.shape[:2]).astype(np.float32)
+    probs = np.clip(cv2.GaussianBlur(truth, (0, 0), 6) * 1.2, 0, 1)  # soft, like the network's edges
+    x, y, w, h = ann["bbox"]
+    masks = []
+    for seed in (1, 2, 3):
+        cv2.setRNGSeed(seed)
+        masks.append(grabcut_refine(image, probs, (x, y, x + w, y + h), 0.5))
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])

@@ -1,0 +1,36 @@
+"""One photo's per-object work (GrabCut, matting) spread over the machine's cores with threads.
+
+OpenCV and pymatting's numba kernels release the GIL, so threads are enough; processes would pay
+for copying the photo.  numba's parallel kernels may only be entered from two threads at once with a
+thread-safe threading layer (tbb or omp): the fallback "workqueue" layer aborts the process instead.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
+    """``[fn(x) for x in items]``, on up to ``workers`` threads; results in input order, the first error raised."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="matcher-object") as pool:
+        return list(pool.map(fn, items))
+
+
+def numba_threads_safe() -> bool:
+    """Whether numba kernels may run on several threads at once: the threading layer in use is tbb or omp.
+
+    Before any parallel kernel has run numba has not chosen its layer yet: then False (one photo runs
+    sequentially, and the next ones may use threads)."""
+    try:
+        import numba
+
+        return numba.threading_layer() in ("tbb", "omp")
+    except (ImportError, ValueError):
+        return False

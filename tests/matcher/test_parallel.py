@@ -1,0 +1,49 @@
+"""Per-object work on threads: same results, same order, errors surface."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from matcher.parallel import numba_threads_safe, thread_map
+
+
+def test_results_keep_the_input_order_and_use_several_threads():
+    names = set()
+
+    def slow_square(x):
+        names.add(threading.current_thread().name)
+        time.sleep(0.02 * (5 - x))  # later items finish first
+        return x * x
+
+    assert thread_map(slow_square, range(5), workers=2) == [0, 1, 4, 9, 16]
+    assert len(names) == 2
+
+
+def test_one_worker_or_one_item_runs_in_the_calling_thread():
+    here = threading.current_thread().name
+    assert thread_map(lambda _: threading.current_thread().name, [1, 2, 3], workers=1) == [here] * 3
+    assert thread_map(lambda _: threading.current_thread().name, [1], workers=4) == [here]
+    assert thread_map(lambda x: x, [], workers=4) == []
+
+
+def test_an_error_in_one_item_is_raised():
+    def fail_on_two(x):
+        if x == 2:
+            raise ValueError("item 2 is broken")
+        return x
+
+    with pytest.raises(ValueError, match="item 2"):
+        thread_map(fail_on_two, [1, 2, 3], workers=2)
+
+
+def test_numba_threading_layer_is_known_after_a_matting_kernel_ran():
+    import pymatting
+
+    pymatting.estimate_foreground_ml(np.random.default_rng(0).random((16, 16, 3)), np.full((16, 16), 0.5))
+    import numba
+
+    assert numba_threads_safe() == (numba.threading_layer() in ("tbb", "omp"))
