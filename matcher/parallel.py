@@ -34,3 +34,24 @@ def numba_threads_safe() -> bool:
         return numba.threading_layer() in ("tbb", "omp")
     except (ImportError, ValueError):
         return False
+
+
+# Native thread pools a process may start: OpenMP (numba's omp layer, torch, scikit-learn), BLAS, numba.
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1",
+                  "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+
+def one_thread_per_process() -> None:
+    """For a pool worker that shares the cores with its siblings: every native thread pool gets one thread.
+
+    Two indexing workers that each started a two-thread OpenMP team, next to the parent's embedder, kept
+    four spinning threads on two cores (measured: 2 workers indexed only 1.4x as fast as one).  Libraries
+    loaded later read the environment; those already loaded are limited through their own APIs."""
+    import os
+
+    os.environ.update(ONE_THREAD_ENV)
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    threadpool_limits(1)  # not as a context manager: for the rest of the process

@@ -29,8 +29,8 @@ _BUILTIN_MODULES: dict[tuple[str, str], str] = {
 
 # What "--backend effnet|classical|deep" means for each kind.  "segmenter" cuts out catalog shots (and names
 # the embedding space); "query_segmenter" cuts objects out of room photos.  In the default preset they differ:
-# on catalog shots the classical segmenter wins (dev catalog IoU 0.959 vs 0.895), in rooms the learned one
-# (box IoU on products unseen in training 0.931 vs 0.674) and it is 3x faster there (issues 13, 15).
+# on catalog shots the classical segmenter wins (dev catalog IoU 0.959 vs 0.895); in rooms the learned one wins
+# (box IoU on products unseen in training 0.928 vs 0.678, scripts/bench_seg_unseen.py) and is faster (issue 15).
 BACKEND_PRESETS: dict[str, dict[str, str]] = {
     "effnet": {"embedder": "effnet", "segmenter": "classical", "query_segmenter": "learned"},  # the default
     "classical": {"embedder": "classical", "segmenter": "classical", "query_segmenter": "classical"},
@@ -142,6 +142,8 @@ def settings_for_space(embedder_id: str, segmenter_id: str, settings: Settings) 
         _, variant, descriptor = embedder_id.split("@", 1)[0].split(":", 2)
         update["effnet_variant"] = variant
         update["effnet_colour_weight"] = float(descriptor.split("+colour", 1)[1]) if "+colour" in descriptor else 0.0
+    if segmenter_kind == "classical" and "-gc" in segmenter_id:  # classical:border-lab-v3-gcN: N GrabCut rounds
+        update["classical_grabcut_rounds"] = int(segmenter_id.rsplit("-gc", 1)[1])
     if segmenter_kind == "sam":
         update["sam_model"] = segmenter_id.split("@", 1)[0].split(":", 1)[1]
     return embedder_kind, segmenter_kind, settings.model_copy(update=update)

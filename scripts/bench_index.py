@@ -21,6 +21,10 @@ from matcher.db.engine import stop_embedded
 from matcher.settings import Settings
 
 
+# The indexing path before issue 15: the previous matting and three GrabCut rounds in the classical segmenter.
+LEGACY = {"fast_matting": False, "classical_grabcut_rounds": 3}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("catalog", type=Path)
@@ -29,14 +33,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compare-legacy", action="store_true",
-                        help="Also run each worker count with the previous matting path (MATCHER_FAST_MATTING=false).")
+                        help="Also run each worker count the way indexing ran before issue 15 (LEGACY).")
     args = parser.parse_args()
 
     results = []
-    configs = [("new", True)] + ([("legacy", False)] if args.compare_legacy else [])
-    for workers, (config, fast) in [(w, c) for w in args.workers for c in configs]:
+    configs = [("new", {})] + ([("legacy", LEGACY)] if args.compare_legacy else [])
+    for workers, (config, overrides) in [(w, c) for w in args.workers for c in configs]:
         data_dir = Path(tempfile.mkdtemp(prefix="mbench", dir="/tmp"))
-        settings = Settings(data_dir=data_dir, backend=args.backend, database_url=None, fast_matting=fast)
+        settings = Settings(data_dir=data_dir, backend=args.backend, database_url=None, **overrides)
         try:
             first = service.index_catalog(args.catalog, settings, limit=args.limit, workers=workers, progress=False)
             again = service.index_catalog(args.catalog, settings, limit=args.limit, workers=workers, progress=False)
@@ -45,13 +49,13 @@ def main() -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
         processed = first.processed
         row = {
-            "workers": workers, "matting": config, "backend": args.backend, "items": processed,
+            "workers": workers, "config": config, "backend": args.backend, "items": processed,
             "seconds": round(first.seconds, 2), "products_per_s": round(processed / first.seconds, 2),
             "rerun_seconds": round(again.seconds, 2), "rerun_processed": again.processed,
             "rerun_fraction_of_first": round(again.seconds / first.seconds, 4), "counts": first.counts,
         }
         results.append(row)
-        print(f"workers={workers} matting={config}: {processed} items in {first.seconds:.1f} s = {row['products_per_s']} products/s; "
+        print(f"workers={workers} config={config}: {processed} items in {first.seconds:.1f} s = {row['products_per_s']} products/s; "
               f"re-run {again.seconds:.2f} s ({row['rerun_fraction_of_first']:.1%} of the first), processed {again.processed}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from matcher import registry
+from matcher.parallel import one_thread_per_process
 from matcher.db import repository as repo
 from matcher.db.engine import DatabaseUnavailableError, connection_lost, database_url, get_engine
 from matcher.db.migrate import upgrade
@@ -108,6 +109,7 @@ def _executor(workers: int, settings: Settings, segmenter_name: str, segmenter) 
 
 def _init_pool_worker(parent_pid: int, settings: Settings, segmenter_name: str) -> None:
     die_with_parent(parent_pid)
+    one_thread_per_process()  # the pool's processes are the parallelism; threads inside them only fight
     init_worker(settings, segmenter_name)
 
 
