@@ -142,8 +142,6 @@ def settings_for_space(embedder_id: str, segmenter_id: str, settings: Settings) 
         _, variant, descriptor = embedder_id.split("@", 1)[0].split(":", 2)
         update["effnet_variant"] = variant
         update["effnet_colour_weight"] = float(descriptor.split("+colour", 1)[1]) if "+colour" in descriptor else 0.0
-    if segmenter_kind == "classical" and "-gc" in segmenter_id:  # classical:border-lab-v3-gcN: N GrabCut rounds
-        update["classical_grabcut_rounds"] = int(segmenter_id.rsplit("-gc", 1)[1])
     if segmenter_kind == "sam":
         update["sam_model"] = segmenter_id.split("@", 1)[0].split(":", 1)[1]
     return embedder_kind, segmenter_kind, settings.model_copy(update=update)

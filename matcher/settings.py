@@ -61,8 +61,6 @@ class Settings(BaseSettings):
 
     # Cutouts and matting.
     matting_max_side: int = 1024
-    classical_grabcut_rounds: int = Field(default=2, ge=1, le=10, description="GrabCut rounds of the classical "
-                                          "segmenter (2 since issue 15; 3 before, kept for benchmarks).")
     query_workers: int = Field(default=2, ge=1, le=64, description="Threads cutting out the objects of one room "
                                "photo in parallel (GrabCut and matting release the GIL); 1 = one after another.")
     query_matting_max_side: int = Field(default=512, ge=64, description="Matting resolution of query cutouts: the "

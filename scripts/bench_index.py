@@ -21,8 +21,8 @@ from matcher.db.engine import stop_embedded
 from matcher.settings import Settings
 
 
-# The indexing path before issue 15: the previous matting and three GrabCut rounds in the classical segmenter.
-LEGACY = {"fast_matting": False, "classical_grabcut_rounds": 3}
+# The indexing path before issue 15's matting work (pool workers now keep one native thread each in both).
+LEGACY = {"fast_matting": False}
 
 
 def main() -> None:

@@ -392,13 +392,7 @@ def initial_trimap(dist: np.ndarray, threshold: float, shadow: np.ndarray, band:
     return labels
 
 
-# Two rounds, not three: on the 333 dev catalog shots the third changed nothing measurable (IoU, boundary F1,
-# alpha SAD) and cost a sixth of the whole catalog cut-out (scripts/bench_index.py, issue 15).
-GRABCUT_ITERATIONS = 2
-
-
-def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = GRABCUT_ITERATIONS,
-                   margin: int = 16) -> np.ndarray:
+def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, margin: int = 16) -> np.ndarray:
     """Run ``cv2.grabCut`` from an initial label map on a crop around the non-sure-backdrop area."""
     unsure = labels != cv2.GC_BGD
     if not unsure.any():
@@ -550,8 +544,7 @@ def fill_holes(mask: np.ndarray, dist: np.ndarray, threshold: float, max_backdro
 
 
 def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None = None,
-                   use_grabcut: bool = True, backdrop: str = "surface",
-                   grabcut_rounds: int = GRABCUT_ITERATIONS) -> tuple[np.ndarray, float]:
+                   use_grabcut: bool = True, backdrop: str = "surface") -> tuple[np.ndarray, float]:
     """Segment the object in ``image`` given where the backdrop can be sampled (``ring``).
 
     ``backdrop="surface"`` (catalog shots) models the backdrop as one smooth
@@ -578,7 +571,7 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
         if backdrop == "clusters" and focus is not None:
             labels[focus & (labels == cv2.GC_BGD) & (dist >= 0.6 * thr)] = cv2.GC_PR_BGD
         labels[ring & (dist < thr)] = cv2.GC_BGD
-        mask = grabcut_refine(image, labels, grabcut_rounds) & ~shadow
+        mask = grabcut_refine(image, labels) & ~shadow
     else:
         mask = (dist >= thr) & ~shadow
     if backdrop != "clusters":
@@ -663,19 +656,17 @@ class ClassicalSegmenter:
     """
 
     # v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's).
+    segmenter_id = "classical:border-lab-v2"
+
     def __init__(self, settings: Settings | None = None, use_grabcut: bool = True) -> None:
         self.settings = settings
         self.use_grabcut = use_grabcut
-        self.rounds = settings.classical_grabcut_rounds if settings is not None else GRABCUT_ITERATIONS
-        # v3: two GrabCut rounds (v2 ran three); another count changes the masks, so it is part of the id
-        suffix = "" if self.rounds == GRABCUT_ITERATIONS else f"-gc{self.rounds}"
-        self.segmenter_id = f"classical:border-lab-v3{suffix}"
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
         image = as_rgb8(image)
         h, w = image.shape[:2]
         if boxes is None:
-            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut, self.rounds))
+            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut))
             return [Mask(binary=mask, score=score, source=self.segmenter_id)]
         return [self._segment_box(image, box) for box in boxes]
 
@@ -692,7 +683,7 @@ class ClassicalSegmenter:
         inner = np.zeros(crop.shape[:2], dtype=bool)
         inner[iy.start - oy.start:iy.stop - oy.start, ix.start - ox.start:ix.stop - ox.start] = True
         mask, score = _at_work_size(crop, lambda im: _segment_in_box(im, _resize_mask(inner, im.shape[:2]),
-                                                                     self.use_grabcut, self.rounds))
+                                                                     self.use_grabcut))
         full[oy, ox] = mask & inner
         return Mask(binary=full, score=score, source=self.segmenter_id)
 
@@ -719,22 +710,21 @@ def _at_work_size(image: np.ndarray, run) -> tuple[np.ndarray, float]:
     return _resize_mask(mask, (h, w)), score
 
 
-def _segment_shot(image: np.ndarray, use_grabcut: bool, rounds: int = GRABCUT_ITERATIONS) -> tuple[np.ndarray, float]:
+def _segment_shot(image: np.ndarray, use_grabcut: bool) -> tuple[np.ndarray, float]:
     """A catalog shot: backdrop from the image border, object expected near the middle."""
     h, w = image.shape[:2]
     ring = border_ring((h, w), max(3, int(round(0.02 * min(h, w)))))
-    return segment_region(image, ring, focus=centre_focus((h, w)), use_grabcut=use_grabcut, grabcut_rounds=rounds)
+    return segment_region(image, ring, focus=centre_focus((h, w)), use_grabcut=use_grabcut)
 
 
-def _segment_in_box(crop: np.ndarray, inner: np.ndarray, use_grabcut: bool,
-                    rounds: int = GRABCUT_ITERATIONS) -> tuple[np.ndarray, float]:
+def _segment_in_box(crop: np.ndarray, inner: np.ndarray, use_grabcut: bool) -> tuple[np.ndarray, float]:
     """A box in a larger photo: backdrop sampled around the box (or on the box's own border
     when the box reaches the image edges on all sides), object inside the box."""
     ring = ~inner
     if ring.sum() < 64:
         ch, cw = crop.shape[:2]
         ring = border_ring((ch, cw), max(2, int(round(0.03 * min(ch, cw)))))
-    return segment_region(crop, ring, focus=inner, use_grabcut=use_grabcut, backdrop="clusters", grabcut_rounds=rounds)
+    return segment_region(crop, ring, focus=inner, use_grabcut=use_grabcut, backdrop="clusters")
 
 
 @register("segmenter", "classical")

@@ -29,7 +29,7 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class Segmenter(Protocol):
-    segmenter_id: str  # e.g. "classical:border-lab-v3" or "sam:vit_b"
+    segmenter_id: str  # e.g. "classical:border-lab-v2" or "sam:vit_b"
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
         """One full-image mask per box; ``boxes=None`` means "the one product in a catalog shot".

@@ -47,3 +47,25 @@ def test_numba_threading_layer_is_known_after_a_matting_kernel_ran():
     import numba
 
     assert numba_threads_safe() == (numba.threading_layer() in ("tbb", "omp"))
+
+
+def _threads_after_limiting() -> tuple[int, str, list[int]]:
+    import os
+
+    import cv2
+    import numpy  # noqa: F401 - its BLAS is loaded before the limit, as in a pool worker
+    from threadpoolctl import threadpool_info
+
+    from matcher.parallel import one_thread_per_process
+
+    one_thread_per_process()
+    return cv2.getNumThreads(), os.environ["OMP_NUM_THREADS"], [p["num_threads"] for p in threadpool_info()]
+
+
+def test_a_pool_worker_keeps_one_native_thread():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        cv_threads, omp, pools = pool.submit(_threads_after_limiting).result(timeout=120)
+    assert cv_threads == 1 and omp == "1" and pools and set(pools) == {1}

@@ -191,16 +191,3 @@ def test_same_photo_and_box_give_the_same_mask_whatever_ran_before(seg, bench_di
     seg.segment(photo, [Box.from_xywh(0, 300, 300, 300)])  # other work in between
     again = seg.segment(photo, [box])[0].binary
     assert first.any() and np.array_equal(first, again)
-
-
-def test_grabcut_rounds_are_part_of_the_id_and_a_space_brings_its_own_back():
-    default = ClassicalSegmenter(Settings())
-    three = ClassicalSegmenter(Settings(classical_grabcut_rounds=3))
-    assert default.segmenter_id == "classical:border-lab-v3" and three.segmenter_id == "classical:border-lab-v3-gc3"
-    _, kind, space_settings = registry.settings_for_space("classical:lab-texture-shape-v1", three.segmenter_id, Settings())
-    assert kind == "classical" and registry.create("segmenter", kind, space_settings).segmenter_id == three.segmenter_id
-    img, alpha, _ = _shot()
-    a, b = default.segment(img)[0].binary, three.segment(img)[0].binary
-    truth = alpha > 0.5
-    iou = [float((m & truth).sum() / (m | truth).sum()) for m in (a, b)]
-    assert abs(iou[0] - iou[1]) < 0.02 and min(iou) > 0.9, iou

@@ -134,8 +134,8 @@ def test_a_missing_package_says_which_package_to_install(monkeypatch):
 
 def test_it_is_the_default_tier_and_space_ids_rebuild_it(tmp_path):
     settings = Settings(data_dir=tmp_path)
-    assert settings.backend == "effnet" and registry.BACKEND_PRESETS["effnet"] == {"embedder": "effnet",
-                                                                                    "segmenter": "classical"}
+    assert settings.backend == "effnet" and registry.BACKEND_PRESETS["effnet"] == {
+        "embedder": "effnet", "segmenter": "classical", "query_segmenter": "learned"}
     deep_only = registry.settings_for_model("effnet:lite1:deep", settings)
     assert (deep_only.embedder, deep_only.effnet_variant, deep_only.effnet_colour_weight) == ("effnet", "lite1", 0.0)
     kind, _, rebuilt = registry.settings_for_space("effnet:lite2:gem3-224+colour0.5@9656183eaeaf", "classical:x", settings)
