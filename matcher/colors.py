@@ -134,10 +134,15 @@ def palette_distances(query: Sequence[LabColor], others: Sequence[Sequence[LabCo
         if arr is None:  # an empty palette
             out[i] = float("inf")
             continue
-        block, w2 = cost[:, start:start + len(arr[0])], arr[1]
+        out[i] = _nearest_colours(cost[:, start:start + len(arr[0])], w1, arr[1])
         start += len(arr[0])
-        out[i] = 0.5 * (float(np.dot(w1, block.min(axis=1))) + float(np.dot(w2, block.min(axis=0))))
     return out
+
+
+def _nearest_colours(cost: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> float:
+    """The "nearest" palette distance from the (k1, k2) ΔE2000 matrix: each colour to its nearest on the
+    other side, weighted, both directions averaged."""
+    return 0.5 * (float(np.dot(w1, cost.min(axis=1))) + float(np.dot(w2, cost.min(axis=0))))
 
 
 def palette_distance(p1: Sequence[LabColor], p2: Sequence[LabColor], method: str = "nearest") -> float:
@@ -167,9 +172,7 @@ def palette_distance(p1: Sequence[LabColor], p2: Sequence[LabColor], method: str
     cost = deltaE_ciede2000(lab1[:, None, :], lab2[None, :, :])
     cost = np.asarray(cost, dtype=np.float64).reshape(len(lab1), len(lab2))
     if method == "nearest":
-        d12 = float(np.dot(w1, cost.min(axis=1)))
-        d21 = float(np.dot(w2, cost.min(axis=0)))
-        return 0.5 * (d12 + d21)
+        return _nearest_colours(cost, w1, w2)
     if method == "emd":
         from scipy.optimize import linprog
 

@@ -80,8 +80,7 @@ def seg_training_scenes(dataset: Path) -> set[int]:
     from matcher.segmentation.data import read_bench, split_bench
     from matcher.segmentation.model import load_model_dir
 
-    seed = int(load_model_dir(None).config.extra.get("training", {}).get("seed", 42))
-    return set(split_bench(read_bench(dataset), seed=seed)["train"])
+    return set(split_bench(read_bench(dataset), seed=load_model_dir(None).config.training_seed)["train"])
 
 
 def _recall(ranks: list, k: int) -> float:

@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     model = load_model_dir(args.model)
     bench = read_bench(args.dataset)
-    split = split_bench(bench, seed=int(model.config.extra.get("training", {}).get("seed", 42)))
+    split = split_bench(bench, seed=model.config.training_seed)
     seen_skus = {inst.sku for i in split["train"] for inst in bench.scenes[i].instances}
     classical = ClassicalSegmenter()
     ious: dict[str, dict[str, list[float]]] = {group: {m: [] for m in METHODS} for group in ("unseen", "seen")}

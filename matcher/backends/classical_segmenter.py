@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from ..colors import rgb_to_lab
+from ..grabcut import BACKDROP_LABELS, OBJECT_LABELS, grabcut_labels
 from ..imageio import as_rgb8
 from ..registry import register
 from ..settings import Settings
@@ -397,29 +398,23 @@ def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, m
     unsure = labels != cv2.GC_BGD
     if not unsure.any():
         return np.zeros(labels.shape, dtype=bool)
-    has_fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
-    has_bg = np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD))
+    has_fg = np.isin(labels, OBJECT_LABELS)
+    has_bg = np.isin(labels, BACKDROP_LABELS)
     if not has_fg.any() or not has_bg.any():
         return has_fg
     ys, xs = np.nonzero(unsure)
     h, w = labels.shape
     y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + margin + 1)
     x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + margin + 1)
-    crop_labels = np.ascontiguousarray(labels[y0:y1, x0:x1].copy())
-    crop_img = np.ascontiguousarray(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2BGR))
+    crop_labels = labels[y0:y1, x0:x1]
     # GrabCut needs both classes inside the crop to build its colour models.
-    if not np.isin(crop_labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+    if not np.isin(crop_labels, BACKDROP_LABELS).any():
         return has_fg
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    # GrabCut seeds its colour models with k-means on OpenCV's (per-thread) global RNG; a fixed
-    # seed makes the mask depend on this photo and box only, not on what the process ran before.
-    cv2.setRNGSeed(0)
-    try:
-        cv2.grabCut(crop_img, crop_labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
+    cut = grabcut_labels(image[y0:y1, x0:x1], crop_labels, iterations, seed=0)
+    if cut is None:
         return has_fg
     out = np.zeros(labels.shape, dtype=bool)
-    out[y0:y1, x0:x1] = np.isin(crop_labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    out[y0:y1, x0:x1] = cut
     return out
 
 

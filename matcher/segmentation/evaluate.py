@@ -161,7 +161,8 @@ def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, t
         "miou": text_summary["miou"], "dice": text_summary["dice"], "box_iou": box_summary["box_iou"],
         "per_label": text_summary["per_label"],
         "text": text_summary, "box": box_summary,
-        "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post}, "refine_box": box_refine,
+        "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post},
+        "refine_box": box_refine,
         "images": len(image_ids), "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -85,6 +85,11 @@ class SegConfig:
             raise ValueError(f"refine_box {self.refine_box!r} is not one of {', '.join(BOX_REFINEMENTS)}")
 
     @property
+    def training_seed(self) -> int:
+        """The seed the model's data split was made with (42 when the config does not say)."""
+        return int(self.extra.get("training", {}).get("seed", 42))
+
+    @property
     def channels(self) -> int:
         return 1 + len(self.labels)
 

@@ -440,7 +440,7 @@ def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
     from .report import REPORT_DIR, calibration_markdown, unrefined_boxes
 
     model = load_model_dir(model_dir)
-    seed = int(model.config.extra.get("training", {}).get("seed", 42))
+    seed = model.config.training_seed
     bench = read_bench(dataset)
     split, images = split_bench(bench, seed=seed), ImageCache(bench)
     before = json.loads(model.config.to_json())
