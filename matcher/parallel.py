@@ -7,8 +7,10 @@ thread-safe threading layer (tbb or omp): the fallback "workqueue" layer aborts 
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,3 +57,24 @@ def one_thread_per_process() -> None:
 
     cv2.setNumThreads(1)
     threadpool_limits(1)  # not as a context manager: for the rest of the process
+
+
+@contextmanager
+def one_thread_here() -> Iterator[None]:
+    """For the duration, this process's native thread pools (torch's, OpenMP, BLAS) get one thread each.
+
+    For the parent of a process pool that keeps every core busy: its embedder's second thread only
+    spins and fights the workers (measured while indexing with 2 workers on 2 cores: the parent's CPU
+    per product fell from 0.11-0.14 s to 0.07 s, the workers' by 4-8 %)."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")  # only if some backend already uses it
+    previous = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(1):
+        if torch is not None:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(previous)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     fast_matting: bool = Field(default=True, description="Closed-form matting solved only around possible soft "
                                "fringes (incomplete-Cholesky preconditioner) and palettes from 4,000 pixels on one thread; "
                                "False is the previous path (whole band, Jacobi, 20,000 pixels), kept for benchmarks.")
+    catalog_grabcut_model_side: int = Field(default=320, ge=0, description="The classical segmenter learns GrabCut's "
+                                            "colour models for a catalog shot on a copy at most this size and cuts "
+                                            "at full resolution; 0 = learned at full resolution (the previous path, "
+                                            "masks of classical:border-lab-v2), kept for benchmarks.")
     composite_background: tuple[int, int, int] = (128, 128, 128)
     min_coverage: float = 0.01
     max_coverage: float = 0.92

@@ -38,6 +38,8 @@ def main() -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--scenes", type=int, default=80)
     parser.add_argument("--json", type=Path, help="Write the figures here too.")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="Only these configurations (e.g. 'new' to compare two catalog indexes).")
     parser.add_argument("--exclude-seg-train", action="store_true",
                         help="Skip the scenes the shipped learned segmenter was trained on (when DATASET is its "
                              "training set: the quality figures then judge it on photos it never saw).")
@@ -46,15 +48,16 @@ def main() -> int:
     anns: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
         anns.setdefault(ann["image_id"], []).append(ann)
-    engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in CONFIGS.items()}
-    times = {name: {stage: [] for stage in STAGES + ("total",)} for name in CONFIGS}
-    quality = {name: {"iou": [], "rank": []} for name in CONFIGS}
+    configs = {name: CONFIGS[name] for name in args.configs}
+    engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in configs.items()}
+    times = {name: {stage: [] for stage in STAGES + ("total",)} for name in configs}
+    quality = {name: {"iou": [], "rank": []} for name in configs}
     skip = seg_training_scenes(args.dataset) if args.exclude_seg_train else set()
     images = [img for img in coco["images"] if anns.get(img["id"]) and img["id"] not in skip][: args.scenes]
     for index, image in enumerate(images):
         objects = anns[image["id"]]
-        shift = index % len(CONFIGS)  # each configuration goes first as often as the others
-        order = list(CONFIGS)[shift:] + list(CONFIGS)[:shift]
+        shift = index % len(configs)  # each configuration goes first as often as the others
+        order = list(configs)[shift:] + list(configs)[:shift]
         for name in order:
             result = engines[name].match(args.dataset / image["file_name"], store=False,
                                          boxes=[Box.from_xywh(*a["bbox"]) for a in objects])
@@ -101,13 +104,16 @@ def summarise(times: dict, quality: dict, photos: int) -> dict:
 def print_report(report: dict) -> None:
     stages = report["stages"]
     names = list(stages)
+    ratios = "old" in stages and "new" in stages
     print(f"{report['photos']} photos, annotated boxes, seconds per photo\n")
-    print("| stage | " + " | ".join(f"{n} p50 | {n} p95" for n in names) + " | p50 old/new | p95 old/new |")
-    print("|---|" + "---|---|" * len(names) + "---|---|")
-    for stage in stages["old"]:
-        o, n = stages["old"][stage], stages["new"][stage]
+    print("| stage | " + " | ".join(f"{n} p50 | {n} p95" for n in names) + (" | p50 old/new | p95 old/new |" if ratios else " |"))
+    print("|---|" + "---|---|" * len(names) + ("---|---|" if ratios else ""))
+    for stage in stages[names[0]]:
         cells = " | ".join(f"{stages[c][stage]['p50']:.3f} | {stages[c][stage]['p95']:.3f}" for c in names)
-        print(f"| {stage} | {cells} | {o['p50'] / max(n['p50'], 1e-9):.2f} | {o['p95'] / max(n['p95'], 1e-9):.2f} |")
+        if ratios:
+            o, n = stages["old"][stage], stages["new"][stage]
+            cells += f" | {o['p50'] / max(n['p50'], 1e-9):.2f} | {o['p95'] / max(n['p95'], 1e-9):.2f}"
+        print(f"| {stage} | {cells} |")
     print("\n| config | objects | mean mask IoU | recall@1 | recall@5 | recall@10 |")
     print("|---|---|---|---|---|---|")
     for name, q in report["quality"].items():

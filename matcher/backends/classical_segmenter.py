@@ -9,7 +9,7 @@ Pipeline (each step a pure function below; :class:`ClassicalSegmenter` wires the
    gives the noise scale, hence ``adaptive_threshold`` (for studio shots with
    the low floor ``STUDIO_MIN_THRESHOLD``: white on white is a few ΔE).
 2. ``background_distance``: per-pixel ΔE76 from the modelled backdrop.
-3. ``shadow_candidates`` + ``soft_shadow_mask`` (+ ``split_shadow_piece``):
+3. ``fit_shadow`` + ``shadow_candidates`` + ``soft_shadow_mask`` (+ ``split_shadow_piece``):
    pixels that are only *darker* backdrop (same chromaticity, bounded
    darkening), in smooth pieces whose rim fades softly into the clean
    backdrop.  A product's silhouette is a step, so a grey product on a white
@@ -22,7 +22,9 @@ Pipeline (each step a pure function below; :class:`ClassicalSegmenter` wires the
    label map (sure backdrop / probable backdrop / probable object / sure
    object) on a crop around the candidate; shadow is probable backdrop and
    clean backdrop is fixed, so GrabCut can neither glue gaps shut nor keep
-   the shadow.
+   the shadow.  For a catalog shot its colour models are learned on a copy
+   of at most ``Settings.catalog_grabcut_model_side`` px (GrabCut's cost is
+   in proportion to the pixels), the cut made at full resolution.
 5. ``faint_border_regions`` (studio shots): faint mask regions that reach
    the frame's edge are the sweep's falloff and go.
    ``select_components``: drops specks and border-touching pieces that look
@@ -241,14 +243,22 @@ def gradient_magnitude(lab: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return np.sqrt((gx * gx + gy * gy).sum(axis=2)).astype(np.float32)
 
 
-def shadow_candidates(image: np.ndarray, model: BackgroundModel, dist: np.ndarray, threshold: float,
-                      min_ratio: float = SHADOW_MIN_RATIO) -> np.ndarray:
-    """Pixels that could be the backdrop in shadow: darker by a bounded factor, same chromaticity.
+@dataclass(frozen=True)
+class ShadowFit:
+    """How well each pixel is explained as the modelled backdrop darkened by a shadow.
 
-    In linear light a shadow scales the backdrop's RGB by ``s`` in
-    ``[min_ratio, 1)``; the pixel must be explained by that within the noise
-    (residual ΔE after removing the best scale below ``threshold``).
-    """
+    Independent of the object threshold, so it is computed once per image and
+    tested at both thresholds (:func:`shadow_candidates`)."""
+
+    ratio: np.ndarray  # best linear-light darkening factor (1 = as bright as the backdrop)
+    residual: np.ndarray  # ΔE left after applying that darkening (clipped to [min_ratio, 1])
+    min_ratio: float
+
+
+def fit_shadow(image: np.ndarray, lab: np.ndarray, model: BackgroundModel,
+               min_ratio: float = SHADOW_MIN_RATIO) -> ShadowFit:
+    """In linear light a shadow scales the backdrop's RGB by ``s`` in ``[min_ratio, 1)``: the best
+    ``s`` per pixel and the residual ΔE of ``lab`` (the image in CIELAB) after applying it."""
     lin = _srgb_to_linear(image)
     bg_lin = _lab_to_linear(model.lab)
     dot = (lin * bg_lin).sum(axis=2)
@@ -259,12 +269,16 @@ def shadow_candidates(image: np.ndarray, model: BackgroundModel, dist: np.ndarra
     # Residual measured in Lab after applying the best darkening.
     shaded_srgb = np.where(shaded <= 0.0031308, shaded * 12.92, 1.055 * np.power(np.maximum(shaded, 0), 1 / 2.4) - 0.055)
     shaded_lab = rgb_to_lab(np.clip(shaded_srgb, 0, 1).astype(np.float32))
-    lab = rgb_to_lab(image)
-    resid = np.linalg.norm(lab - shaded_lab, axis=2)
-    return (dist >= threshold) & (ratio < 1.0) & (ratio >= min_ratio) & (resid < threshold)
+    return ShadowFit(ratio=ratio, residual=np.linalg.norm(lab - shaded_lab, axis=2), min_ratio=min_ratio)
 
 
-def soft_shadow_mask(lab: np.ndarray, candidates: np.ndarray, dist: np.ndarray, threshold: float,
+def shadow_candidates(fit: ShadowFit, dist: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels that could be the backdrop in shadow: off the backdrop by ``threshold`` or more, darker by a
+    bounded factor and explained by that darkening within the threshold (:func:`fit_shadow`)."""
+    return (dist >= threshold) & (fit.ratio < 1.0) & (fit.ratio >= fit.min_ratio) & (fit.residual < threshold)
+
+
+def soft_shadow_mask(grad: np.ndarray, candidates: np.ndarray, dist: np.ndarray, threshold: float,
                      max_gradient: float = SHADOW_MAX_GRADIENT, min_soft_share: float = 0.75,
                      min_area: int = 20, whole_soft_share: float = 0.85) -> np.ndarray:
     """Shadow candidates that fade softly into the clean backdrop.
@@ -279,13 +293,13 @@ def soft_shadow_mask(lab: np.ndarray, candidates: np.ndarray, dist: np.ndarray, 
     piece with some soft rim is split by :func:`split_shadow_piece` (a shadow
     often runs smoothly into the product's own dark base); for a piece that is
     mostly step, the split-off soft part must pass the rim test on its own.
+    ``grad`` is the image's :func:`gradient_magnitude` (sigma 1).
     """
     out = np.zeros_like(candidates)
     if not candidates.any():
         return out
     h, w = dist.shape
     backdrop = dist < threshold
-    grad = gradient_magnitude(lab, sigma=1.0)
     passable = candidates & (grad < max_gradient)
     r = max(1, int(round(0.004 * max(h, w))))
     open_k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -393,8 +407,10 @@ def initial_trimap(dist: np.ndarray, threshold: float, shadow: np.ndarray, band:
     return labels
 
 
-def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, margin: int = 16) -> np.ndarray:
-    """Run ``cv2.grabCut`` from an initial label map on a crop around the non-sure-backdrop area."""
+def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, margin: int = 16,
+                   model_side: int | None = None) -> np.ndarray:
+    """Run ``cv2.grabCut`` from an initial label map on a crop around the non-sure-backdrop area
+    (colour models learned at most ``model_side`` px: :func:`matcher.grabcut.grabcut_labels`)."""
     unsure = labels != cv2.GC_BGD
     if not unsure.any():
         return np.zeros(labels.shape, dtype=bool)
@@ -410,7 +426,7 @@ def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, m
     # GrabCut needs both classes inside the crop to build its colour models.
     if not np.isin(crop_labels, BACKDROP_LABELS).any():
         return has_fg
-    cut = grabcut_labels(image[y0:y1, x0:x1], crop_labels, iterations, seed=0)
+    cut = grabcut_labels(image[y0:y1, x0:x1], crop_labels, iterations, seed=0, model_side=model_side)
     if cut is None:
         return has_fg
     out = np.zeros(labels.shape, dtype=bool)
@@ -539,14 +555,16 @@ def fill_holes(mask: np.ndarray, dist: np.ndarray, threshold: float, max_backdro
 
 
 def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None = None,
-                   use_grabcut: bool = True, backdrop: str = "surface") -> tuple[np.ndarray, float]:
+                   use_grabcut: bool = True, backdrop: str = "surface",
+                   grabcut_model_side: int | None = None) -> tuple[np.ndarray, float]:
     """Segment the object in ``image`` given where the backdrop can be sampled (``ring``).
 
     ``backdrop="surface"`` (catalog shots) models the backdrop as one smooth
     gradient (:func:`fit_background`); ``"clusters"`` (boxes in room photos)
     as several colours where that works (:func:`choose_box_backdrop`); then
     there is no shadow step and every pixel inside ``focus`` that is not
-    clean backdrop stays open to GrabCut.
+    clean backdrop stays open to GrabCut (its colour models learned at most
+    ``grabcut_model_side`` px, :func:`grabcut_refine`).
     Returns the boolean mask (possibly empty) and a confidence in ``[0, 1]``:
     the share of the ring the backdrop model explains times how clearly the
     object stands out (median distance over four thresholds, capped at 1).
@@ -566,7 +584,7 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
         if backdrop == "clusters" and focus is not None:
             labels[focus & (labels == cv2.GC_BGD) & (dist >= 0.6 * thr)] = cv2.GC_PR_BGD
         labels[ring & (dist < thr)] = cv2.GC_BGD
-        mask = grabcut_refine(image, labels) & ~shadow
+        mask = grabcut_refine(image, labels, model_side=grabcut_model_side) & ~shadow
     else:
         mask = (dist >= thr) & ~shadow
     if backdrop != "clusters":
@@ -593,11 +611,12 @@ def _studio_threshold_and_shadow(image: np.ndarray, lab: np.ndarray, model: Back
     shadow lies: well under the object's centre.
     """
     thr = adaptive_threshold(model, floor=STUDIO_MIN_THRESHOLD)
-    shadow = soft_shadow_mask(lab, shadow_candidates(image, model, dist, thr), dist, thr)
+    fit, grad = fit_shadow(image, lab, model), gradient_magnitude(lab, sigma=1.0)
+    shadow = soft_shadow_mask(grad, shadow_candidates(fit, dist, thr), dist, thr)
     strict = adaptive_threshold(model)
     if strict <= thr:
         return thr, shadow
-    boxed_in = soft_shadow_mask(lab, shadow_candidates(image, model, dist, strict), dist, strict) & ~shadow
+    boxed_in = soft_shadow_mask(grad, shadow_candidates(fit, dist, strict), dist, strict) & ~shadow
     shadow |= _pieces_under_the_object(boxed_in, (dist >= thr) & ~shadow & ~boxed_in)
     return thr, shadow | compression_halo(dist, thr, strict)
 
@@ -650,18 +669,20 @@ class ClassicalSegmenter:
     scaled back up (the matting stage refines the edge at full resolution).
     """
 
-    # v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's).
-    segmenter_id = "classical:border-lab-v2"
-
     def __init__(self, settings: Settings | None = None, use_grabcut: bool = True) -> None:
         self.settings = settings
         self.use_grabcut = use_grabcut
+        model_side = (settings or Settings()).catalog_grabcut_model_side
+        self.grabcut_model_side = model_side or None
+        # v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's).
+        # v3: GrabCut's colour models learned on a smaller copy (catalog masks differ from v2's by a few pixels).
+        self.segmenter_id = "classical:border-lab-v3" if self.grabcut_model_side else "classical:border-lab-v2"
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
         image = as_rgb8(image)
         h, w = image.shape[:2]
         if boxes is None:
-            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut))
+            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut, self.grabcut_model_side))
             return [Mask(binary=mask, score=score, source=self.segmenter_id)]
         return [self._segment_box(image, box) for box in boxes]
 
@@ -705,11 +726,12 @@ def _at_work_size(image: np.ndarray, run) -> tuple[np.ndarray, float]:
     return _resize_mask(mask, (h, w)), score
 
 
-def _segment_shot(image: np.ndarray, use_grabcut: bool) -> tuple[np.ndarray, float]:
+def _segment_shot(image: np.ndarray, use_grabcut: bool, grabcut_model_side: int | None) -> tuple[np.ndarray, float]:
     """A catalog shot: backdrop from the image border, object expected near the middle."""
     h, w = image.shape[:2]
     ring = border_ring((h, w), max(3, int(round(0.02 * min(h, w)))))
-    return segment_region(image, ring, focus=centre_focus((h, w)), use_grabcut=use_grabcut)
+    return segment_region(image, ring, focus=centre_focus((h, w)), use_grabcut=use_grabcut,
+                          grabcut_model_side=grabcut_model_side)
 
 
 def _segment_in_box(crop: np.ndarray, inner: np.ndarray, use_grabcut: bool) -> tuple[np.ndarray, float]:

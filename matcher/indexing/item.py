@@ -6,7 +6,8 @@ actors in ``ray_runner``); what runs a whole catalog (lock, plan, run records, a
 
 - ``prepare_item`` (in a worker: a pool process, a Ray actor, or this process) decodes the image,
   checks a changed image perceptually against the stored reference thumbnail (a re-encoded or
-  resized copy is not re-segmented), then segments, mattes and composites it → an ``Outcome``;
+  resized copy is not re-segmented), then segments, mattes and composites it and encodes what will
+  be stored (PNGs, figures: a ``StoredCutout``, a tenth of the arrays' bytes) → an ``Outcome``;
 - ``store_outcomes`` embeds a batch of outcomes (one model call) and writes product + cutout +
   embedding (+ event) of each item in ONE transaction → one ``ItemResult`` per item;
 - ``tally`` sums item results into the run's counts and failures.
@@ -32,8 +33,8 @@ from matcher.pipeline import PreparedImage, prepare_image, reference_thumbnail
 from matcher.settings import Settings
 from matcher.types import CatalogError, CatalogRow
 
-__all__ = ["COUNT_KEYS", "ItemResult", "Outcome", "WorkItem", "init_worker", "prepare_item", "set_worker",
-           "store_outcomes", "tally"]
+__all__ = ["COUNT_KEYS", "ItemResult", "Outcome", "StoredCutout", "WorkItem", "init_worker", "prepare_item",
+           "set_worker", "store_outcomes", "tally"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,46 @@ class WorkItem:
 
 
 @dataclass
+class StoredCutout:
+    """A prepared catalog image as the database stores it: encoded in the worker, so the parent process
+    (which embeds and writes) neither receives the float arrays nor spends its time compressing."""
+
+    width: int
+    height: int
+    bbox: list[float] | None
+    mask_png: bytes
+    alpha_png: bytes | None  # None when the cutout failed its quality gate
+    rgba_png: bytes | None
+    coverage: float
+    leakage_score: float
+    flags: list[str]
+    fail_reason: str | None
+    dominant_colors: list[dict]
+    composite: np.ndarray | None  # what the embedder sees; None when the cutout failed
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedImage) -> "StoredCutout":
+        cutout = prepared.cutout
+        return cls(
+            width=prepared.image.width, height=prepared.image.height,
+            bbox=list(cutout.bbox.xyxy()) if cutout.bbox else None,
+            mask_png=encode_png(cutout.mask),
+            alpha_png=encode_png(alpha_to_uint8(cutout.alpha)) if cutout.ok else None,
+            rgba_png=encode_png(_crop_rgba(cutout)) if cutout.ok else None,
+            coverage=float(cutout.coverage), leakage_score=float(cutout.leakage_score),
+            flags=list(cutout.flags), fail_reason=cutout.fail_reason,
+            dominant_colors=[{"lab": list(map(float, c.lab)), "weight": float(c.weight)} for c in cutout.dominant_colors],
+            composite=prepared.composite,
+        )
+
+
+@dataclass
 class Outcome:
     """What a worker sends back for one catalog row."""
 
     item: WorkItem
     sha256: str | None = None
-    prepared: PreparedImage | None = None
+    stored: StoredCutout | None = None
     reference_png: bytes | None = None
     same_picture: dict | None = None  # the perceptual verdict when the new bytes show the same picture
     error: CatalogError | None = None
@@ -113,11 +148,11 @@ def prepare_item(item: WorkItem) -> Outcome:
         if verdict is not None:
             return Outcome(item, sha256=image.sha256, same_picture=verdict)
     try:
-        prepared = prepare_image(image, _worker_segmenter, settings)
+        stored = StoredCutout.from_prepared(prepare_image(image, _worker_segmenter, settings))
     except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the batch
         log.exception("segmenting %s failed", row.sku)
         return Outcome(item, sha256=image.sha256, error=CatalogError(row.line, row.sku, "segment", f"{type(exc).__name__}: {exc}"))
-    return Outcome(item, sha256=image.sha256, prepared=prepared, reference_png=encode_png(thumbnail))
+    return Outcome(item, sha256=image.sha256, stored=stored, reference_png=encode_png(thumbnail))
 
 
 def _same_picture(reference_png: bytes, thumbnail: np.ndarray) -> dict | None:
@@ -182,11 +217,11 @@ def _store_same_picture(engine: Engine, outcome: Outcome, run_id: int) -> ItemRe
 
 def _store_batch(engine: Engine, batch: list[Outcome], space, embedder, run_id: int) -> list[ItemResult]:
     results: list[ItemResult] = []
-    embeddable = [o for o in batch if o.prepared is not None and o.prepared.composite is not None]
+    embeddable = [o for o in batch if o.stored is not None and o.stored.composite is not None]
     vectors: dict[str, np.ndarray] = {}
     if embeddable:
         try:
-            matrix = embedder.embed([o.prepared.composite for o in embeddable])
+            matrix = embedder.embed([o.stored.composite for o in embeddable])
             vectors = {o.row.sku: matrix[i] for i, o in enumerate(embeddable)}
         except Exception as exc:  # noqa: BLE001 - record per item, keep going
             log.exception("embedding a batch failed")
@@ -198,8 +233,9 @@ def _store_batch(engine: Engine, batch: list[Outcome], space, embedder, run_id: 
         try:
             with Session(engine) as session, session.begin():
                 _store_item(session, outcome, space, embedder.model_id, vectors.get(outcome.row.sku))
+                fail_reason = outcome.stored.fail_reason
                 repo.record_event(session, run_id, outcome.row.sku, outcome.item.reason,
-                                  {"mask_fail": outcome.prepared.cutout.fail_reason} if not outcome.prepared.cutout.ok else {})
+                                  {"mask_fail": fail_reason} if fail_reason else {})
         except Exception as exc:  # noqa: BLE001 - the item's transaction rolled back as a whole
             _stop_if_database_lost(engine, exc, outcome.row.sku)
             log.exception("storing %s failed", outcome.row.sku)
@@ -219,23 +255,17 @@ def _stop_if_database_lost(engine: Engine, exc: Exception, sku: str) -> None:
 
 
 def _store_item(session: Session, outcome: Outcome, space, model_id: str, vector: np.ndarray | None) -> None:
-    row, prepared = outcome.row, outcome.prepared
-    assert prepared is not None and outcome.sha256 is not None
-    cutout = prepared.cutout
+    row, stored = outcome.row, outcome.stored
+    assert stored is not None and outcome.sha256 is not None
     product_id = repo.upsert_product(session, sku=row.sku, title=row.title, category=row.category,
                                      attributes=row.attributes, image_uri=row.image, image_sha256=outcome.sha256,
                                      reference_png=outcome.reference_png)
     repo.upsert_cutout(
         session, product_id, space.segmenter_id,
-        image_sha256=outcome.sha256,
-        width=prepared.image.width, height=prepared.image.height,
-        bbox=list(cutout.bbox.xyxy()) if cutout.bbox else None,
-        mask_png=encode_png(cutout.mask),
-        alpha_png=encode_png(alpha_to_uint8(cutout.alpha)) if cutout.ok else None,
-        rgba_png=encode_png(_crop_rgba(cutout)) if cutout.ok else None,
-        coverage=float(cutout.coverage), leakage_score=float(cutout.leakage_score),
-        flags=list(cutout.flags), fail_reason=cutout.fail_reason,
-        dominant_colors=[{"lab": list(map(float, c.lab)), "weight": float(c.weight)} for c in cutout.dominant_colors],
+        image_sha256=outcome.sha256, width=stored.width, height=stored.height, bbox=stored.bbox,
+        mask_png=stored.mask_png, alpha_png=stored.alpha_png, rgba_png=stored.rgba_png,
+        coverage=stored.coverage, leakage_score=stored.leakage_score, flags=stored.flags,
+        fail_reason=stored.fail_reason, dominant_colors=stored.dominant_colors,
     )
     if vector is not None:
         repo.upsert_embedding(session, product_id, space, model_id, vector, outcome.sha256)

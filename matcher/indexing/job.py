@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from matcher import registry
-from matcher.parallel import one_thread_per_process
+from matcher.parallel import one_thread_here, one_thread_per_process
 from matcher.db import repository as repo
 from matcher.db.engine import DatabaseUnavailableError, connection_lost, database_url, get_engine
 from matcher.db.migrate import upgrade
@@ -406,18 +406,22 @@ def _process(engine: Engine, todo: list[WorkItem], space, embedder, segmenter_na
              settings: Settings, workers: int, progress: bool, run_id: int, counts: dict[str, int],
              failures: list[CatalogError]) -> None:
     bar = tqdm(total=len(todo), desc="indexing", unit="item", disable=not progress or not todo)
-    executor = _executor(workers if len(todo) > 1 else 1, settings, segmenter_name, segmenter)
+    workers = workers if len(todo) > 1 else 1
+    executor = _executor(workers, settings, segmenter_name, segmenter)
     try:
-        batch: list[Outcome] = []
-        for outcome in _ordered_results(executor, todo, window=max(4 * workers, settings.batch_size)):
-            batch.append(outcome)
-            if len(batch) >= settings.batch_size:
+        # With a pool the workers have the cores; this process only embeds and writes.
+        with one_thread_here() if workers > 1 else nullcontext():
+            batch: list[Outcome] = []
+            # Two batches ahead: the workers go on with the next batch while this process embeds and stores one.
+            for outcome in _ordered_results(executor, todo, window=max(4 * workers, 2 * settings.batch_size)):
+                batch.append(outcome)
+                if len(batch) >= settings.batch_size:
+                    tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
                 tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
                 bar.update(len(batch))
-                batch = []
-        if batch:
-            tally(store_outcomes(engine, batch, space, embedder, run_id), counts, failures)
-            bar.update(len(batch))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)  # a stopped run does not segment the items still queued
         bar.close()

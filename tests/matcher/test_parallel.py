@@ -69,3 +69,20 @@ def test_a_pool_worker_keeps_one_native_thread():
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         cv_threads, omp, pools = pool.submit(_threads_after_limiting).result(timeout=120)
     assert cv_threads == 1 and omp == "1" and pools and set(pools) == {1}
+
+
+def test_one_thread_here_limits_torch_for_the_duration_and_restores_it():
+    import torch
+
+    from matcher.parallel import one_thread_here
+
+    torch.set_num_threads(2)
+    with one_thread_here():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    try:
+        with one_thread_here():
+            raise RuntimeError("the run failed")
+    except RuntimeError:
+        pass
+    assert torch.get_num_threads() == 2

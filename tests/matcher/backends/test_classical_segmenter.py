@@ -191,3 +191,19 @@ def test_same_photo_and_box_give_the_same_mask_whatever_ran_before(seg, bench_di
     seg.segment(photo, [Box.from_xywh(0, 300, 300, 300)])  # other work in between
     again = seg.segment(photo, [box])[0].binary
     assert first.any() and np.array_equal(first, again)
+
+
+def test_grabcut_models_learned_small_keep_the_full_resolution_masks(bench_dir):
+    """The default learns GrabCut's colour models on a copy of at most 320 px and cuts at full
+    resolution; its masks are a different space (v3) but the same outlines as the full-resolution
+    path (v2) within a few pixels, on real catalog photos."""
+    small = ClassicalSegmenter(Settings())
+    full = ClassicalSegmenter(Settings(catalog_grabcut_model_side=0))
+    assert small.segmenter_id == "classical:border-lab-v3" and full.segmenter_id == "classical:border-lab-v2"
+    differ = 0
+    for row in _bench_rows(bench_dir):
+        img = np.asarray(Image.open(bench_dir / row["image"]).convert("RGB"))
+        a, b = small.segment(img)[0].binary, full.segment(img)[0].binary
+        assert mask_iou(a, b) > 0.97, row["sku"]
+        differ += int(not np.array_equal(a, b))
+    assert differ > 0  # the setting reaches GrabCut
