@@ -96,34 +96,39 @@ def contour_coverage(mask: np.ndarray, sigma: float = 0.7, level: float = 0.6, u
     return np.clip(cov, 0.0, 1.0).astype(np.float32)
 
 
-def color_line_fit(image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def color_line_fit(image: np.ndarray, trimap: np.ndarray,
+                   where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: alpha implied by the nearest known object and backdrop colours, and the fit's residual.
 
     ``F`` and ``B`` are the colours of the nearest definitely-object and
     definitely-backdrop pixels of the trimap; alpha is the projection of
     ``I - B`` onto ``F - B`` (unclipped) and the residual is the distance of
     ``I`` from that line, both relative to ``|F - B|``.  Used to decide where
-    the colour matte can be believed.
+    the colour matte can be believed.  With ``where`` (bool HxW), only those
+    pixels are fitted; the others get NaN and an infinite residual.
     """
     from scipy import ndimage as ndi
 
-    img = image.astype(np.float32)
     fg_known = trimap == 255
     bg_known = trimap == 0
     h, w = trimap.shape
+    a_full, resid_full = np.full((h, w), np.nan, np.float32), np.full((h, w), np.inf, np.float32)
     if not fg_known.any() or not bg_known.any():
-        return np.full((h, w), np.nan, np.float32), np.full((h, w), np.inf, np.float32)
+        return a_full, resid_full
     _, (fy, fx) = ndi.distance_transform_edt(~fg_known, return_indices=True)
     _, (by, bx) = ndi.distance_transform_edt(~bg_known, return_indices=True)
-    f = img[fy, fx]
-    b = img[by, bx]
+    ys, xs = np.nonzero(np.ones((h, w), bool) if where is None else where)
+    img = image[ys, xs].astype(np.float32)
+    f = image[fy[ys, xs], fx[ys, xs]].astype(np.float32)
+    b = image[by[ys, xs], bx[ys, xs]].astype(np.float32)
     fb = f - b
-    n2 = np.maximum((fb * fb).sum(axis=2), 1e-6)
+    n2 = np.maximum((fb * fb).sum(axis=-1), 1e-6)
     ib = img - b
-    a = (ib * fb).sum(axis=2) / n2
+    a = (ib * fb).sum(axis=-1) / n2
     perp = ib - a[..., None] * fb
-    resid = np.sqrt((perp * perp).sum(axis=2) / n2)
-    return a.astype(np.float32), resid.astype(np.float32)
+    a_full[ys, xs] = a
+    resid_full[ys, xs] = np.sqrt((perp * perp).sum(axis=-1) / n2)
+    return a_full, resid_full
 
 
 def _closed_form_alpha(image01: np.ndarray, trimap: np.ndarray, preconditioner: str = "ichol") -> np.ndarray:
@@ -165,10 +170,10 @@ def band_alpha(image01: np.ndarray, mask: np.ndarray, trimap: np.ndarray, *, fri
     alpha = np.where(unknown, geo, alpha).astype(np.float32)
     if not ((trimap == 255).any() and (trimap == 0).any()):
         return alpha
-    line_alpha, resid = color_line_fit(image01, trimap)
     m8 = mask.astype(np.uint8)
     ring = cv2.dilate(m8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FRINGE_PX + 1, 2 * FRINGE_PX + 1)))
     outside = (ring > 0) & (m8 == 0)
+    line_alpha, resid = color_line_fit(image01, trimap, where=unknown & outside)  # the only pixels asked about
     possible = unknown & outside & (resid <= COLOR_LINE_TOLERANCE)
     cf_trimap = trimap
     if fringe_scope == "candidates":
@@ -283,9 +288,9 @@ def backdrop_likeness(image: np.ndarray, mask: np.ndarray, delta_e: float = LEAK
     ring &= ~m
     if ring.sum() < 16:
         return 0.0
-    lab = rgb_to_lab(np.asarray(image)[..., :3])
-    ref = np.median(lab[ring], axis=0)
-    d = np.linalg.norm(lab[m] - ref, axis=1)
+    rgb = np.asarray(image)[..., :3]
+    ref = np.median(rgb_to_lab(rgb[ring]), axis=0)  # only the pixels compared are converted
+    d = np.linalg.norm(rgb_to_lab(rgb[m]) - ref, axis=1)
     return float((d < delta_e).mean())
 
 

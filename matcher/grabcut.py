@@ -10,7 +10,7 @@ BACKDROP_LABELS = (cv2.GC_BGD, cv2.GC_PR_BGD)
 
 
 def grabcut_labels(image_rgb: np.ndarray, labels: np.ndarray, iterations: int, seed: int,
-                   model_side: int | None = None) -> np.ndarray | None:
+                   model_side: int | None = None, model_iterations: int | None = None) -> np.ndarray | None:
     """Object pixels (bool) after ``iterations`` GrabCut rounds started from ``labels`` (``cv2.GC_*`` per pixel),
     or None when GrabCut cannot build its colour models.
 
@@ -19,7 +19,8 @@ def grabcut_labels(image_rgb: np.ndarray, labels: np.ndarray, iterations: int, s
 
     With ``model_side``, an image larger than that learns its colour models on a copy scaled to it
     (GrabCut's cost is in proportion to the pixels), then one cut at full resolution uses them frozen,
-    so the outline keeps full-resolution detail."""
+    so the outline keeps full-resolution detail.  The copy gets ``model_iterations`` rounds (default
+    ``iterations``); the full-resolution cut is one more."""
     h, w = labels.shape
     scale = 1.0 if model_side is None else min(1.0, model_side / float(max(h, w)))
     if scale >= 1.0:
@@ -29,8 +30,8 @@ def grabcut_labels(image_rgb: np.ndarray, labels: np.ndarray, iterations: int, s
         return np.isin(work, OBJECT_LABELS)
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
     small = _downscale_labels(labels, size)  # GrabCut writes its answer into it
-    models = _grabcut(cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA), small, iterations, seed,
-                      cv2.GC_INIT_WITH_MASK)
+    models = _grabcut(cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA), small,
+                      model_iterations or iterations, seed, cv2.GC_INIT_WITH_MASK)
     if models is None:
         return None
     # The coarse answer only seeds the probable pixels' labels; the frozen models and the full-resolution

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                                             "colour models for a catalog shot on a copy at most this size and cuts "
                                             "at full resolution; 0 = learned at full resolution (the previous path, "
                                             "masks of classical:border-lab-v2), kept for benchmarks.")
+    catalog_grabcut_model_iterations: int = Field(default=1, ge=1, le=10, description="GrabCut rounds on that "
+                                                  "smaller copy before the full-resolution cut (3 = the masks of "
+                                                  "classical:border-lab-v3): the frozen full-resolution cut is a "
+                                                  "further round, and one round measured as good as three.")
     composite_background: tuple[int, int, int] = (128, 128, 128)
     min_coverage: float = 0.01
     max_coverage: float = 0.92

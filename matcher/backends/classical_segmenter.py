@@ -231,8 +231,10 @@ def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
 
 
 def _lab_to_linear(lab: np.ndarray) -> np.ndarray:
-    rgb = cv2.cvtColor(np.ascontiguousarray(lab.astype(np.float32)), cv2.COLOR_Lab2RGB)
-    return _srgb_to_linear(np.clip(rgb, 0.0, 1.0))
+    """CIELAB (..., 3) -> linear-light RGB, same leading shape."""
+    shape = lab.shape
+    rgb = cv2.cvtColor(np.ascontiguousarray(lab.astype(np.float32).reshape(-1, 1, 3)), cv2.COLOR_Lab2RGB)
+    return _srgb_to_linear(np.clip(rgb.reshape(shape), 0.0, 1.0))
 
 
 def gradient_magnitude(lab: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -256,20 +258,28 @@ class ShadowFit:
 
 
 def fit_shadow(image: np.ndarray, lab: np.ndarray, model: BackgroundModel,
-               min_ratio: float = SHADOW_MIN_RATIO) -> ShadowFit:
+               min_ratio: float = SHADOW_MIN_RATIO, where: np.ndarray | None = None) -> ShadowFit:
     """In linear light a shadow scales the backdrop's RGB by ``s`` in ``[min_ratio, 1)``: the best
-    ``s`` per pixel and the residual ΔE of ``lab`` (the image in CIELAB) after applying it."""
-    lin = _srgb_to_linear(image)
-    bg_lin = _lab_to_linear(model.lab)
-    dot = (lin * bg_lin).sum(axis=2)
-    norm2 = np.maximum((bg_lin * bg_lin).sum(axis=2), 1e-6)
+    ``s`` per pixel and the residual ΔE of ``lab`` (the image in CIELAB) after applying it.
+
+    With ``where`` (bool HxW: the pixels far enough off the backdrop to be candidates), only those are
+    fitted; the others get ratio 1 and an infinite residual, which no :func:`shadow_candidates` takes."""
+    h, w = lab.shape[:2]
+    ys, xs = np.nonzero(np.ones((h, w), bool) if where is None else where)
+    lin = _srgb_to_linear(image[ys, xs])
+    bg_lin = _lab_to_linear(model.lab[ys, xs])
+    dot = (lin * bg_lin).sum(axis=-1)
+    norm2 = np.maximum((bg_lin * bg_lin).sum(axis=-1), 1e-6)
     ratio = dot / norm2
     s = np.clip(ratio, min_ratio, 1.0)
     shaded = bg_lin * s[..., None]
     # Residual measured in Lab after applying the best darkening.
     shaded_srgb = np.where(shaded <= 0.0031308, shaded * 12.92, 1.055 * np.power(np.maximum(shaded, 0), 1 / 2.4) - 0.055)
     shaded_lab = rgb_to_lab(np.clip(shaded_srgb, 0, 1).astype(np.float32))
-    return ShadowFit(ratio=ratio, residual=np.linalg.norm(lab - shaded_lab, axis=2), min_ratio=min_ratio)
+    ratio_full, residual_full = np.ones((h, w), np.float32), np.full((h, w), np.inf, np.float32)
+    ratio_full[ys, xs] = ratio
+    residual_full[ys, xs] = np.linalg.norm(lab[ys, xs] - shaded_lab, axis=-1)
+    return ShadowFit(ratio=ratio_full, residual=residual_full, min_ratio=min_ratio)
 
 
 def shadow_candidates(fit: ShadowFit, dist: np.ndarray, threshold: float) -> np.ndarray:
@@ -408,9 +418,10 @@ def initial_trimap(dist: np.ndarray, threshold: float, shadow: np.ndarray, band:
 
 
 def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, margin: int = 16,
-                   model_side: int | None = None) -> np.ndarray:
+                   model_side: int | None = None, model_iterations: int | None = None) -> np.ndarray:
     """Run ``cv2.grabCut`` from an initial label map on a crop around the non-sure-backdrop area
-    (colour models learned at most ``model_side`` px: :func:`matcher.grabcut.grabcut_labels`)."""
+    (colour models learned at most ``model_side`` px in ``model_iterations`` rounds:
+    :func:`matcher.grabcut.grabcut_labels`)."""
     unsure = labels != cv2.GC_BGD
     if not unsure.any():
         return np.zeros(labels.shape, dtype=bool)
@@ -426,7 +437,8 @@ def grabcut_refine(image: np.ndarray, labels: np.ndarray, iterations: int = 3, m
     # GrabCut needs both classes inside the crop to build its colour models.
     if not np.isin(crop_labels, BACKDROP_LABELS).any():
         return has_fg
-    cut = grabcut_labels(image[y0:y1, x0:x1], crop_labels, iterations, seed=0, model_side=model_side)
+    cut = grabcut_labels(image[y0:y1, x0:x1], crop_labels, iterations, seed=0, model_side=model_side,
+                         model_iterations=model_iterations)
     if cut is None:
         return has_fg
     out = np.zeros(labels.shape, dtype=bool)
@@ -556,7 +568,8 @@ def fill_holes(mask: np.ndarray, dist: np.ndarray, threshold: float, max_backdro
 
 def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None = None,
                    use_grabcut: bool = True, backdrop: str = "surface",
-                   grabcut_model_side: int | None = None) -> tuple[np.ndarray, float]:
+                   grabcut_model_side: int | None = None, grabcut_model_iterations: int | None = None,
+                   ) -> tuple[np.ndarray, float]:
     """Segment the object in ``image`` given where the backdrop can be sampled (``ring``).
 
     ``backdrop="surface"`` (catalog shots) models the backdrop as one smooth
@@ -564,7 +577,7 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
     as several colours where that works (:func:`choose_box_backdrop`); then
     there is no shadow step and every pixel inside ``focus`` that is not
     clean backdrop stays open to GrabCut (its colour models learned at most
-    ``grabcut_model_side`` px, :func:`grabcut_refine`).
+    ``grabcut_model_side`` px in ``grabcut_model_iterations`` rounds, :func:`grabcut_refine`).
     Returns the boolean mask (possibly empty) and a confidence in ``[0, 1]``:
     the share of the ring the backdrop model explains times how clearly the
     object stands out (median distance over four thresholds, capped at 1).
@@ -584,7 +597,8 @@ def segment_region(image: np.ndarray, ring: np.ndarray, focus: np.ndarray | None
         if backdrop == "clusters" and focus is not None:
             labels[focus & (labels == cv2.GC_BGD) & (dist >= 0.6 * thr)] = cv2.GC_PR_BGD
         labels[ring & (dist < thr)] = cv2.GC_BGD
-        mask = grabcut_refine(image, labels, model_side=grabcut_model_side) & ~shadow
+        mask = grabcut_refine(image, labels, model_side=grabcut_model_side,
+                              model_iterations=grabcut_model_iterations) & ~shadow
     else:
         mask = (dist >= thr) & ~shadow
     if backdrop != "clusters":
@@ -611,7 +625,8 @@ def _studio_threshold_and_shadow(image: np.ndarray, lab: np.ndarray, model: Back
     shadow lies: well under the object's centre.
     """
     thr = adaptive_threshold(model, floor=STUDIO_MIN_THRESHOLD)
-    fit, grad = fit_shadow(image, lab, model), gradient_magnitude(lab, sigma=1.0)
+    # Only pixels at least ``thr`` off the backdrop can be shadow candidates, at ``thr`` or at ``strict``.
+    fit, grad = fit_shadow(image, lab, model, where=dist >= thr), gradient_magnitude(lab, sigma=1.0)
     shadow = soft_shadow_mask(grad, shadow_candidates(fit, dist, thr), dist, thr)
     strict = adaptive_threshold(model)
     if strict <= thr:
@@ -662,6 +677,19 @@ def centre_focus(shape: tuple[int, int], fraction: float = 0.5) -> np.ndarray:
     return f
 
 
+def catalog_segmenter_id(grabcut_model_side: int | None, grabcut_model_iterations: int) -> str:
+    """The id recorded with catalog masks; it changes whenever the settings change the masks.
+
+    v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's);
+    v3: GrabCut's colour models learned in three rounds on a copy of at most 320 px (a few pixels from v2's);
+    v4: in one round (the default)."""
+    if not grabcut_model_side:
+        return "classical:border-lab-v2"
+    named = {(320, 3): "classical:border-lab-v3", (320, 1): "classical:border-lab-v4"}
+    return named.get((grabcut_model_side, grabcut_model_iterations),
+                     f"classical:border-lab-v4+gc{grabcut_model_side}x{grabcut_model_iterations}")
+
+
 class ClassicalSegmenter:
     """Border-backdrop segmentation in CIELAB with soft-shadow suppression and GrabCut.
 
@@ -672,17 +700,17 @@ class ClassicalSegmenter:
     def __init__(self, settings: Settings | None = None, use_grabcut: bool = True) -> None:
         self.settings = settings
         self.use_grabcut = use_grabcut
-        model_side = (settings or Settings()).catalog_grabcut_model_side
-        self.grabcut_model_side = model_side or None
-        # v2: the low studio threshold and contact shadows found at two thresholds (masks differ from v1's).
-        # v3: GrabCut's colour models learned on a smaller copy (catalog masks differ from v2's by a few pixels).
-        self.segmenter_id = "classical:border-lab-v3" if self.grabcut_model_side else "classical:border-lab-v2"
+        settings = settings or Settings()
+        self.grabcut_model_side = settings.catalog_grabcut_model_side or None
+        self.grabcut_model_iterations = settings.catalog_grabcut_model_iterations
+        self.segmenter_id = catalog_segmenter_id(self.grabcut_model_side, self.grabcut_model_iterations)
 
     def segment(self, image: np.ndarray, boxes: Sequence[Box] | None = None) -> list[Mask]:
         image = as_rgb8(image)
         h, w = image.shape[:2]
         if boxes is None:
-            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut, self.grabcut_model_side))
+            mask, score = _at_work_size(image, lambda im: _segment_shot(im, self.use_grabcut, self.grabcut_model_side,
+                                                                        self.grabcut_model_iterations))
             return [Mask(binary=mask, score=score, source=self.segmenter_id)]
         return [self._segment_box(image, box) for box in boxes]
 
@@ -726,12 +754,13 @@ def _at_work_size(image: np.ndarray, run) -> tuple[np.ndarray, float]:
     return _resize_mask(mask, (h, w)), score
 
 
-def _segment_shot(image: np.ndarray, use_grabcut: bool, grabcut_model_side: int | None) -> tuple[np.ndarray, float]:
+def _segment_shot(image: np.ndarray, use_grabcut: bool, grabcut_model_side: int | None,
+                  grabcut_model_iterations: int | None = None) -> tuple[np.ndarray, float]:
     """A catalog shot: backdrop from the image border, object expected near the middle."""
     h, w = image.shape[:2]
     ring = border_ring((h, w), max(3, int(round(0.02 * min(h, w)))))
     return segment_region(image, ring, focus=centre_focus((h, w)), use_grabcut=use_grabcut,
-                          grabcut_model_side=grabcut_model_side)
+                          grabcut_model_side=grabcut_model_side, grabcut_model_iterations=grabcut_model_iterations)
 
 
 def _segment_in_box(crop: np.ndarray, inner: np.ndarray, use_grabcut: bool) -> tuple[np.ndarray, float]:

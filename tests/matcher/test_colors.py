@@ -149,3 +149,16 @@ def test_palette_distances_for_a_list_equal_one_by_one():
         if other:
             assert got == pytest.approx(palette_distance(query, other), rel=1e-12)
     assert palette_distances([], [palette(2), None]) == [float("inf"), None]
+
+
+def test_distinct_colour_count_matches_row_wise_unique():
+    """The palette caps k at the number of distinct colours (0.1 Lab precision); the integer-key count
+    must equal numpy's row-wise unique, signs and rounding included."""
+    from matcher.colors import _distinct_colours
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 500):
+        lab = np.stack([rng.uniform(0, 100, n), rng.uniform(-110, 110, n), rng.uniform(-110, 110, n)], axis=1)
+        lab = np.round(lab, 0) + rng.choice([0.0, 0.04, -0.06, 0.16], size=(n, 3))  # near-duplicates, ties
+        assert _distinct_colours(lab) == len(np.unique(np.round(lab, 1), axis=0))
+    assert _distinct_colours(np.array([[50.0, 0.0, -0.0], [50.0, -0.0, 0.0], [50.0, 0.04, 0.0]])) == 1

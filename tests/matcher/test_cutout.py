@@ -11,6 +11,8 @@ from PIL import Image
 
 from matcher.colors import ciede2000, rgb_to_lab
 from matcher.cutout import (
+    backdrop_likeness,
+    color_line_fit,
     composite_for_embedding,
     contour_coverage,
     default_band,
@@ -217,3 +219,28 @@ def test_fast_matting_gives_the_legacy_matte_and_palette(bench_dir):
         assert abs(sad_fast - sad_legacy) <= 0.01 * sad_legacy + 1.0, (row["sku"], sad_fast, sad_legacy)
         top_fast, top_legacy = fast.dominant_colors[0], legacy.dominant_colors[0]
         assert ciede2000(top_fast.lab, top_legacy.lab) < 3.0 and abs(top_fast.weight - top_legacy.weight) < 0.05
+
+
+def test_colour_line_fit_on_chosen_pixels_equals_the_whole_fit():
+    """Only the band pixels outside the mask are asked about; fitting just those gives them the same answer."""
+    alpha = disk_alpha()
+    img = compose(alpha, noise=0.02)
+    trimap = make_trimap(alpha >= 0.5, 10)
+    where = (trimap == 128) & (alpha < 0.5)
+    whole_a, whole_r = color_line_fit(img, trimap)
+    part_a, part_r = color_line_fit(img, trimap, where=where)
+    assert np.array_equal(whole_a[where], part_a[where]) and np.array_equal(whole_r[where], part_r[where])
+    assert np.isnan(part_a[~where]).all() and np.isinf(part_r[~where]).all()
+    assert np.isfinite(whole_a).all()
+
+
+def test_backdrop_likeness_counts_mask_pixels_that_look_like_the_border():
+    img = np.full((100, 100, 3), 200, np.uint8)
+    img[30:70, 30:70] = (40, 90, 160)
+    square = np.zeros((100, 100), bool)
+    square[30:70, 30:70] = True
+    assert backdrop_likeness(img, square) == 0.0
+    flooded = square.copy()
+    flooded[10:90, 10:30] = True  # 1,600 backdrop pixels join 1,600 object pixels
+    assert backdrop_likeness(img, flooded) == pytest.approx(0.5)
+    assert backdrop_likeness(img, np.ones((100, 100), bool)) == 0.0  # no border left to model the backdrop
