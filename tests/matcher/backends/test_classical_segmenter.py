@@ -217,7 +217,7 @@ def test_catalog_mask_ids_change_with_every_setting_that_changes_masks():
     from matcher.backends.classical_segmenter import catalog_segmenter_id
 
     ids = {catalog_segmenter_id(side, rounds) for side in (None, 256, 320) for rounds in (1, 3)}
-    assert catalog_segmenter_id(None, 1) == catalog_segmenter_id(None, 3) == "classical:border-lab-v2"  # unused
+    assert catalog_segmenter_id(None, 1) == catalog_segmenter_id(None, 3) == "classical:border-lab-v2"  # rounds only matter with a copy
     assert len(ids) == 5  # v2 and four distinct GrabCut configurations
     assert catalog_segmenter_id(256, 3) not in {"classical:border-lab-v3", "classical:border-lab-v4"}
 
