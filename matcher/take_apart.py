@@ -168,8 +168,6 @@ def _loaded_seg_model(model_dir: str, device: str):
 
 def _label_instances(image: LoadedImage, model, labels: list[str], settings: Settings,
                      threshold: float | None) -> tuple[list[Detection], list[Mask]]:
-    import cv2
-
     from .segmentation.predict import text_mask, text_probabilities
 
     cfg = model.config
@@ -178,17 +176,29 @@ def _label_instances(image: LoadedImage, model, labels: list[str], settings: Set
     detections, masks = [], []
     for label, probs in zip(labels, probabilities):
         mask = text_mask(probs, cfg.threshold_text if threshold is None else float(threshold), cfg.postprocess_text)
-        count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        for i in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[i])
-            if area < min_area:
-                continue
-            piece = components == i
+        for piece in _pieces(model, image.rgb, mask, min_area):
+            ys, xs = np.nonzero(piece)
+            x, y = int(xs.min()), int(ys.min())
             score = float(probs[piece].mean())
-            detections.append(Detection(box=Box.from_xywh(x, y, w, h), score=score, label=label, category=None,
-                                        source=f"prompt:{label}"))
+            box = Box.from_xywh(x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1)
+            detections.append(Detection(box=box, score=score, label=label, category=None, source=f"prompt:{label}"))
             masks.append(Mask(binary=piece, score=score, source=model.model_id))
     return detections, masks
+
+
+def _pieces(model, rgb: np.ndarray, mask: np.ndarray, min_area: int) -> list[np.ndarray]:
+    """One bool mask per object of a label mask: its connected regions, each re-cut by the box channel when
+    the model's config says (``refine_text="boxes"``, the outlines the prompt path draws too)."""
+    import cv2
+
+    from .segmentation.predict import recut_pieces
+
+    if model.config.refine_text == "boxes":
+        pieces = [piece for _, piece in recut_pieces(model, rgb, mask)]
+    else:
+        count, components, _, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        pieces = [components == i for i in range(1, count)]
+    return [piece for piece in pieces if int(piece.sum()) >= min_area]
 
 
 def _best_products(engine: QueryEngine | None, cutouts: Sequence[Cutout],

@@ -1,6 +1,7 @@
 """Query-path speed, old settings against new in one run: per-stage and total p50/p95 per photo over bench
-scenes with their annotated boxes, with the quality figures beside them (query-cutout mask IoU against the
-true instance masks, recall@1/5/10 of the right product).
+scenes with their annotated boxes, with the quality figures beside them (query-cutout mask IoU and boundary F1 against the
+true instance masks, recall@1/5/10 of the right product).  `--configs classical new` compares the room
+segmenters alone (classical against the shipped learned one) on the same catalog, photos and boxes.
 
     MATCHER_DATA_DIR=DIR .venv/bin/python scripts/bench_query.py ../shared/bench/furniture-dev --scenes 90 --exclude-seg-train
 
@@ -20,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from matcher.evaluation.masks import boundary_f1  # noqa: E402
 from matcher.query import QueryEngine  # noqa: E402
 from matcher.segmentation.data import decode_mask  # noqa: E402
 from matcher.settings import Settings  # noqa: E402
@@ -29,6 +31,7 @@ CONFIGS = {  # the issue's starting point, then each change on top, ending with 
     "old": {"query_matting_max_side": 1024, "fast_matting": False, "query_segmenter": "classical", "query_workers": 1},
     "matting": {"query_segmenter": "classical", "query_workers": 1},  # fast matting at 512 px
     "new": {},  # and the learned segmenter (GrabCut-refined) in rooms, objects cut out on 2 threads
+    "classical": {"query_segmenter": "classical"},  # today's defaults with the classical segmenter in rooms
 }
 STAGES = ("trace", "polish", "embed", "search", "rerank")
 
@@ -51,7 +54,7 @@ def main() -> int:
     configs = {name: CONFIGS[name] for name in args.configs}
     engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in configs.items()}
     times = {name: {stage: [] for stage in STAGES + ("total",)} for name in configs}
-    quality = {name: {"iou": [], "rank": []} for name in configs}
+    quality = {name: {"iou": [], "bf1": [], "rank": []} for name in configs}
     skip = seg_training_scenes(args.dataset) if args.exclude_seg_train else set()
     images = [img for img in coco["images"] if anns.get(img["id"]) and img["id"] not in skip][: args.scenes]
     for index, image in enumerate(images):
@@ -69,6 +72,7 @@ def main() -> int:
                 alpha = obj.full_alpha(image["height"], image["width"])
                 mask = alpha > 0.5 if alpha is not None else np.zeros_like(truth)
                 quality[name]["iou"].append(float((mask & truth).sum() / max((mask | truth).sum(), 1)))
+                quality[name]["bf1"].append(float(boundary_f1(mask, truth)))
                 skus = [c.sku for c in obj.candidates]
                 quality[name]["rank"].append(skus.index(ann["sku"]) + 1 if ann.get("sku") in skus else None)
     report = summarise(times, quality, len(images))
@@ -97,6 +101,7 @@ def summarise(times: dict, quality: dict, photos: int) -> dict:
                                for stage, v in times[name].items()}
         q = quality[name]
         out["quality"][name] = {"objects": len(q["iou"]), "mean_mask_iou": float(np.mean(q["iou"])),
+                                "mean_boundary_f1": float(np.mean(q["bf1"])),
                                 **{f"recall@{k}": _recall(q["rank"], k) for k in (1, 5, 10)}}
     return out
 
@@ -114,11 +119,11 @@ def print_report(report: dict) -> None:
             o, n = stages["old"][stage], stages["new"][stage]
             cells += f" | {o['p50'] / max(n['p50'], 1e-9):.2f} | {o['p95'] / max(n['p95'], 1e-9):.2f}"
         print(f"| {stage} | {cells} |")
-    print("\n| config | objects | mean mask IoU | recall@1 | recall@5 | recall@10 |")
-    print("|---|---|---|---|---|---|")
+    print("\n| config | objects | mean mask IoU | boundary F1 | recall@1 | recall@5 | recall@10 |")
+    print("|---|---|---|---|---|---|---|")
     for name, q in report["quality"].items():
-        print(f"| {name} | {q['objects']} | {q['mean_mask_iou']:.4f} | {q['recall@1']:.4f} | {q['recall@5']:.4f} | "
-              f"{q['recall@10']:.4f} |")
+        print(f"| {name} | {q['objects']} | {q['mean_mask_iou']:.4f} | {q['mean_boundary_f1']:.4f} | "
+              f"{q['recall@1']:.4f} | {q['recall@5']:.4f} | {q['recall@10']:.4f} |")
 
 
 if __name__ == "__main__":

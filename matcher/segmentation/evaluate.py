@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import Bench, decode_mask, ignore_mask, load_rgb, read_bench
 from .model import SegModel, load_model_dir
-from .predict import box_mask, box_probabilities, text_mask, text_probabilities
+from .predict import box_mask, box_probabilities, label_mask, text_probabilities
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.81, 0.05))
 
@@ -108,14 +108,14 @@ def scene_truth(bench: Bench, image_id: int, shape: tuple[int, int]):
 
 
 def tally_text(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, masks, valid,
-               thresholds: Sequence[float], postprocess: bool, tally: TextTally) -> None:
+               thresholds: Sequence[float], postprocess: bool, tally: TextTally, refine: str = "none") -> None:
     scene = bench.scenes[image_id]
     probs = text_probabilities(model, image)
     for channel, label in enumerate(model.config.labels):
         parts = [m for inst, m in zip(scene.instances, masks) if inst.label == label]
         gt = np.logical_or.reduce(parts) if parts else None
         for t in thresholds:
-            tally.add(t, label, text_mask(probs[channel], t, postprocess) & valid, gt)
+            tally.add(t, label, label_mask(model, image, probs[channel], t, postprocess, refine) & valid, gt)
 
 
 def tally_boxes(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, masks,
@@ -130,6 +130,7 @@ def tally_boxes(model: SegModel, bench: Bench, image_id: int, image: np.ndarray,
 
 def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text_thresholds=(0.5,),
                 box_thresholds=(0.5,), text_post: bool = False, box_post: bool = False, box_refine: str = "none",
+                text_refine: str = "none",
                 images: Callable[[int], np.ndarray] | None = None) -> tuple[TextTally, BoxTally]:
     """Run both prompt kinds over ``image_ids`` at every given threshold."""
     text, box = TextTally(), BoxTally()
@@ -137,7 +138,7 @@ def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text
         image = images(image_id) if images else load_rgb(bench.scenes[image_id].path)
         masks, valid = scene_truth(bench, image_id, image.shape[:2])
         if text_thresholds:
-            tally_text(model, bench, image_id, image, masks, valid, text_thresholds, text_post, text)
+            tally_text(model, bench, image_id, image, masks, valid, text_thresholds, text_post, text, text_refine)
         if box_thresholds:
             tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box, box_refine)
     return text, box
@@ -145,7 +146,8 @@ def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text
 
 def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, threshold_text: float | None = None,
                    threshold_box: float | None = None, text_post: bool | None = None, box_post: bool | None = None,
-                   box_refine: str | None = None, images: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
+                   box_refine: str | None = None, text_refine: str | None = None,
+                   images: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
     """Both modes at one threshold each (default: the model's locked ones) -> the report dict."""
     cfg = model.config
     t_text = cfg.threshold_text if threshold_text is None else threshold_text
@@ -153,16 +155,18 @@ def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, t
     text_post = cfg.postprocess_text if text_post is None else text_post
     box_post = cfg.postprocess_box if box_post is None else box_post
     box_refine = cfg.refine_box if box_refine is None else box_refine
+    text_refine = cfg.refine_text if text_refine is None else text_refine
     started = time.perf_counter()
     text, box = run_tallies(model, bench, image_ids, text_thresholds=(t_text,), box_thresholds=(t_box,),
-                            text_post=text_post, box_post=box_post, box_refine=box_refine, images=images)
+                            text_post=text_post, box_post=box_post, box_refine=box_refine, text_refine=text_refine,
+                            images=images)
     text_summary, box_summary = text.summary(t_text), box.summary(t_box)
     return {
         "miou": text_summary["miou"], "dice": text_summary["dice"], "box_iou": box_summary["box_iou"],
         "per_label": text_summary["per_label"],
         "text": text_summary, "box": box_summary,
         "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post},
-        "refine_box": box_refine,
+        "refine_box": box_refine, "refine_text": text_refine,
         "images": len(image_ids), "seconds": round(time.perf_counter() - started, 2),
     }
 

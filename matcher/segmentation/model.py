@@ -36,6 +36,7 @@ CARD_FILE = "model_card.md"
 FORMAT_VERSION = 1
 TRAIN_HINT = "matcher seg train DATASET --out MODEL_DIR"
 BOX_REFINEMENTS = ("none", "grabcut")  # see predict.grabcut_refine
+TEXT_REFINEMENTS = ("none", "boxes")  # see predict.recut_regions
 
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # a shipped model, if one is committed
@@ -72,6 +73,7 @@ class SegConfig:
     postprocess_box: bool = False  # connected-component / morphology clean-up, on when validation says it helps
     postprocess_text: bool = False
     refine_box: str = "none"  # "grabcut": box masks re-cut by GrabCut seeded with the probabilities (on validation's say)
+    refine_text: str = "none"  # "boxes": each region of a text mask segmented again as a box prompt (validation's say)
     flip_tta_text: bool = False  # average with the mirrored photo (chosen on validation)
     flip_tta_box: bool = False
     text_head: str = "sigmoid"  # label channels: sigmoid (each label on its own) or softmax (background logit 0)
@@ -83,6 +85,8 @@ class SegConfig:
     def __post_init__(self) -> None:
         if self.refine_box not in BOX_REFINEMENTS:
             raise ValueError(f"refine_box {self.refine_box!r} is not one of {', '.join(BOX_REFINEMENTS)}")
+        if self.refine_text not in TEXT_REFINEMENTS:
+            raise ValueError(f"refine_text {self.refine_text!r} is not one of {', '.join(TEXT_REFINEMENTS)}")
 
     @property
     def training_seed(self) -> int:

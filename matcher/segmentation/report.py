@@ -14,7 +14,7 @@ import numpy as np
 from .data import Bench, decode_mask
 from .evaluate import evaluate_model, iou_and_dice, run_tallies
 from .model import CARD_FILE, WEIGHTS_FILE, SegModel
-from .predict import segment_boxes, text_mask, text_probabilities
+from .predict import label_mask, segment_boxes, segment_prompt, text_probabilities
 
 REPORT_DIR = "report"
 PANEL_WIDTH = 400
@@ -48,13 +48,14 @@ def classical_baseline(bench: Bench, test_ids, images) -> dict[str, Any]:
 
 
 def inference_timing(model: SegModel, bench: Bench, test_ids, images, n: int = 12) -> dict[str, float]:
-    """Median milliseconds: a text prompt per photo (one label) and a box prompt per box (boxes of a photo batched)."""
+    """Median milliseconds: a text prompt per photo (a label the photo shows, refinement included) and a box
+    prompt per box (boxes of a photo batched)."""
     text_ms, box_ms = [], []
     for image_id in list(test_ids)[:n]:
         image, scene = images(image_id), bench.scenes[image_id]
+        shown = sorted(scene.labels & set(model.config.labels)) or model.config.labels
         start = time.perf_counter()
-        text_mask(text_probabilities(model, image, [model.config.labels[0]])[0], model.config.threshold_text,
-                  model.config.postprocess_text)
+        segment_prompt(image, shown[0], model)
         text_ms.append(1000.0 * (time.perf_counter() - start))
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
         start = time.perf_counter()
@@ -96,7 +97,8 @@ def write_panels(model: SegModel, bench: Bench, test_ids, images, folder: Path, 
         truth = {k: decode_mask(inst.rle, *shape) for k, inst in enumerate(scene.instances)}
         gt_text = {labels.index(inst.label): truth[k] for k, inst in enumerate(scene.instances) if inst.label in labels}
         probs = text_probabilities(model, image)
-        pred_text = {c: text_mask(probs[c], model.config.threshold_text, model.config.postprocess_text)
+        cfg = model.config
+        pred_text = {c: label_mask(model, image, probs[c], cfg.threshold_text, cfg.postprocess_text, cfg.refine_text)
                      for c in range(len(labels))}
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
         pred_box = {k: r.mask > 0 for k, r in enumerate(segment_boxes(image, boxes, model))}
@@ -166,6 +168,11 @@ def markdown_report(data: dict[str, Any]) -> str:
     if unrefined:
         lines.append(f"| fine-tuned, box refinement {unrefined['refine_box']} | - | - | - | - | "
                      f"{_fmt(unrefined['box_iou'])} |")
+    text_unrefined = data.get("test_text_unrefined")
+    if text_unrefined:
+        lines.append(f"| fine-tuned, text refinement none | {_fmt(text_unrefined['miou'])} | "
+                     f"{_fmt(text_unrefined['dice'])} | {_fmt(text_unrefined['miou_pooled'])} | "
+                     f"{_fmt(text_unrefined['false_alarm_rate'])} | - |")
     if untrained:
         lines.append(f"| untrained decoder (0.5) | {_fmt(untrained['miou'])} | {_fmt(untrained['dice'])} | "
                      f"{_fmt(untrained['text']['miou_pooled'])} | {_fmt(untrained['text']['false_alarm_rate'])} | "
@@ -187,7 +194,8 @@ def markdown_report(data: dict[str, Any]) -> str:
               f"Post-processing on validation: text {_fmt(post['text']['off'])} off vs {_fmt(post['text']['on'])} on "
               f"-> {'on' if cfg['postprocess_text'] else 'off'}; box {_fmt(post['box']['off'])} off vs "
               f"{_fmt(post['box']['on'])} on -> {'on' if cfg['postprocess_box'] else 'off'}. Box refinement on "
-              f"validation: {refinements(sweep)} -> {cfg.get('refine_box', 'none')}.", "",
+              f"validation: {refinements(sweep)} -> {cfg.get('refine_box', 'none')}. Text refinement on validation: "
+              f"{refinements(sweep, 'text_refine_val')} -> {cfg.get('refine_text', 'none')}.", "",
               "## Speed and size", "",
               f"- inference: {timing['text_ms_per_image']:.0f} ms per photo (text prompt), "
               f"{timing['box_ms_per_box']:.0f} ms per box (box prompts, batched per photo)"
@@ -200,9 +208,10 @@ def markdown_report(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def refinements(sweep: dict[str, Any]) -> str:
-    """'none 0.842, grabcut 0.862': validation box IoU per box refinement."""
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get("refine_val") or {}).items()) or "not measured"
+def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
+    """'none 0.842, grabcut 0.862': the validation score per refinement (box IoU, or text mIoU for
+    ``key="text_refine_val"``)."""
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get(key) or {}).items()) or "not measured"
 
 
 def model_card(data: dict[str, Any]) -> str:
@@ -220,7 +229,7 @@ def model_card(data: dict[str, Any]) -> str:
            "reports them apart)" if data["labels_left_out"] else ""),
         f"- thresholds (locked on the validation split): text {cfg['threshold_text']}, box {cfg['threshold_box']}; "
         f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; box refinement "
-        f"{cfg.get('refine_box', 'none')}; mirror averaging "
+        f"{cfg.get('refine_box', 'none')}; text refinement {cfg.get('refine_text', 'none')}; mirror averaging "
         f"text {_on(cfg['flip_tta_text'])}, box {_on(cfg['flip_tta_box'])}",
         f"- inputs: box crops {cfg['box_size']} px (box + {cfg['box_margin']:.0%} margin), photos at long side "
         f"{cfg['text_long_side']} px", "",
@@ -251,6 +260,14 @@ def unrefined_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str
     return {"refine_box": "none", "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
 
 
+def unrefined_text(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any]:
+    """Text figures on the test split without the locked text refinement (the report shows what it adds)."""
+    cfg = model.config
+    text, _ = run_tallies(model, bench, test_ids, text_thresholds=(cfg.threshold_text,), box_thresholds=(),
+                          text_post=cfg.postprocess_text, text_refine="none", images=images)
+    return {"refine_text": "none", **text.summary(cfg.threshold_text)}
+
+
 def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any],
                       report: Callable[[str], None]) -> dict[str, Any]:
     from dataclasses import asdict
@@ -261,6 +278,7 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
     other = evaluate_model(model, bench, split["test"], text_post=not cfg.postprocess_text,
                            box_post=not cfg.postprocess_box, images=images)
     unrefined = unrefined_boxes(model, bench, split["test"], images) if cfg.refine_box != "none" else None
+    text_unrefined = unrefined_text(model, bench, split["test"], images) if cfg.refine_text != "none" else None
     report(f"test: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}; box IoU {_fmt(test['box_iou'])}")
     untrained = untrained_baseline(model, bench, split["test"], images, opts) if opts.baselines else None
     classical = classical_baseline(bench, split["test"], images) if opts.baselines else None
@@ -269,7 +287,7 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
     data = {
         "model_id": model.model_id, "dataset": str(bench.root), "split_sizes": {k: len(v) for k, v in split.items()},
         "split": split, "config": json.loads(cfg.to_json()), "test": test, "test_other_postprocess": other,
-        "test_other_refine": unrefined,
+        "test_other_refine": unrefined, "test_text_unrefined": text_unrefined,
         "untrained": untrained, "classical": classical, "sweep": ctx["sweep"],
         "history": asdict(ctx["history"]), "timing": inference_timing(model, bench, split["test"], images),
         "weights_mb": (Path(model.path) / WEIGHTS_FILE).stat().st_size / 1e6,
@@ -299,14 +317,30 @@ def calibration_markdown(data: dict[str, Any]) -> str:
     """The '## Calibration' section of ``matcher seg calibrate`` (report/calibration.md and the model card)."""
     cfg, before, sweep, test = data["config"], data["before"], data["sweep"], data["test"]
     keys = ("threshold_text", "threshold_box", "flip_tta_text", "flip_tta_box", "postprocess_text",
-            "postprocess_box", "refine_box")
+            "postprocess_box", "refine_box", "refine_text")
     changed = [f"{k} {before.get(k, 'none')} -> {cfg[k]}" for k in keys if before.get(k, "none") != cfg[k]]
-    unrefined = data.get("test_unrefined")
+    unrefined, text_unrefined = data.get("test_unrefined"), data.get("test_text_unrefined")
     return "\n".join([
         "## Calibration", "",
         f"Re-locked on the validation split of `{data['dataset']}` (seed {data['seed']}) by "
         f"`matcher seg calibrate {data['dataset']} --model MODEL_DIR`; the weights are unchanged.", "",
         f"- changed: {', '.join(changed) or 'nothing'}",
-        f"- box refinement on validation: {refinements(sweep)} -> {cfg['refine_box']}",
-        f"- test split now: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}; box IoU {_fmt(test['box_iou'])}"
-        + (f" (without the refinement {_fmt(unrefined['box_iou'])})" if unrefined else ""), ""])
+        f"- box refinement on validation (box IoU): {refinements(sweep)} -> {cfg['refine_box']}",
+        f"- text refinement on validation (text mIoU): {refinements(sweep, 'text_refine_val')} -> "
+        f"{cfg.get('refine_text', 'none')}",
+        f"- test split now: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}"
+        + (f" (without the refinement {_fmt(text_unrefined['miou'])} / {_fmt(text_unrefined['dice'])})"
+           if text_unrefined else "")
+        + f"; box IoU {_fmt(test['box_iou'])}"
+        + (f" (without the refinement {_fmt(unrefined['box_iou'])})" if unrefined else ""), "",
+        *calibrated_per_label(test, text_unrefined)])
+
+
+def calibrated_per_label(test: dict[str, Any], text_unrefined: dict[str, Any] | None) -> list[str]:
+    """Test-split text IoU / Dice per label at the re-locked settings (and without the text refinement)."""
+    plain = (text_unrefined or {}).get("per_label", {})
+    lines = ["| label | test prompts | IoU | Dice | IoU without text refinement |", "|---|---|---|---|---|"]
+    for label, row in test["per_label"].items():
+        lines.append(f"| {label} | {row['n']} | {_fmt(row['iou'])} | {_fmt(row['dice'])} | "
+                     f"{_fmt(plain.get(label, {}).get('iou'))} |")
+    return [*lines, ""]

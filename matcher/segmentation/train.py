@@ -2,7 +2,7 @@
 
 Protocol: image-id split 70/15/15 (seed 42, every label in every split where possible); training
 on the train split only; early stopping on the validation split (the mean of text-mode mIoU and
-box-mode IoU at threshold 0.5); then the thresholds (and post-processing on/off) are chosen on the
+box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and text refinement on/off) are chosen on the
 validation split and locked into config.json *before* the test split is read; the test report
 compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
 
@@ -34,7 +34,7 @@ from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, re
                    text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
 from .labels import known_labels
-from .model import BOX_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
+from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
 from .predict import to_tensor
 
 log = logging.getLogger(__name__)
@@ -351,13 +351,15 @@ def sweep_thresholds(model: SegModel, bench: Bench, val_ids: Sequence[int], imag
     cfg.postprocess_text = (post["text"]["on"] or 0) > (post["text"]["off"] or 0)
     cfg.postprocess_box = (post["box"]["on"] or 0) > (post["box"]["off"] or 0)
     cfg.refine_box, refine = choose_box_refinement(model, bench, val_ids, images, post["box"])
+    cfg.refine_text, text_refine = choose_text_refinement(model, bench, val_ids, images, post["text"])
     return {"text": {f"{'mirror ' if k[0] else ''}{k[1]}": {"miou": r["miou"], "dice": r["dice"],
                                                            "false_alarm_rate": r["false_alarm_rate"]}
                      for k, r in rows["text"].items()},
             "box": {f"{'mirror ' if k[0] else ''}{k[1]}": {"box_iou": r["box_iou"]} for k, r in rows["box"].items()},
             "chosen": {"text": t_text, "box": t_box, "mirror_text": tta_text, "mirror_box": tta_box},
             "postprocess_val": post, "postprocess_locked": {"text": cfg.postprocess_text, "box": cfg.postprocess_box},
-            "refine_val": refine, "refine_locked": cfg.refine_box}
+            "refine_val": refine, "refine_locked": cfg.refine_box,
+            "text_refine_val": text_refine, "text_refine_locked": cfg.refine_text}
 
 
 def choose_box_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int], images: ImageCache,
@@ -370,6 +372,19 @@ def choose_box_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int],
         _, box = run_tallies(model, bench, val_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
                              box_post=cfg.postprocess_box, box_refine=refine, images=images)
         scores[refine] = box.summary(cfg.threshold_box)["box_iou"]
+    return max(scores, key=lambda k: scores[k] or 0.0), scores
+
+
+def choose_text_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int], images: ImageCache,
+                           text_post: dict[str, float | None]) -> tuple[str, dict[str, float | None]]:
+    """Text mIoU on validation without and with each text refinement (at the locked threshold, post-processing
+    and box settings, which the re-cut uses); the best one, and the figures."""
+    cfg = model.config
+    scores = {"none": text_post["on" if cfg.postprocess_text else "off"]}
+    for refine in TEXT_REFINEMENTS[1:]:
+        text, _ = run_tallies(model, bench, val_ids, text_thresholds=(cfg.threshold_text,), box_thresholds=(),
+                              text_post=cfg.postprocess_text, text_refine=refine, images=images)
+        scores[refine] = text.summary(cfg.threshold_text)["miou"]
     return max(scores, key=lambda k: scores[k] or 0.0), scores
 
 
@@ -418,7 +433,8 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     cfg = model.config
     report(f"locked on validation: text threshold {cfg.threshold_text} (mirror {_on(cfg.flip_tta_text)}, "
            f"post-processing {_on(cfg.postprocess_text)}), box threshold {cfg.threshold_box} (mirror "
-           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)}, refinement {cfg.refine_box})")
+           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)}, refinement {cfg.refine_box}); "
+           f"text refinement {cfg.refine_text}")
     model.config.extra = {"training": {**asdict(opts), "dataset": str(dataset), "split_sizes":
                                        {k: len(v) for k, v in split.items()}}}
     out = Path(out)
@@ -437,7 +453,7 @@ def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
     averaging, post-processing and box refinement are locked again into config.json, then the test split
     is scored.  For a model trained before a new option existed, or data re-split with the same seed."""
     from .model import CARD_FILE, CONFIG_FILE, load_model_dir
-    from .report import REPORT_DIR, calibration_markdown, unrefined_boxes
+    from .report import REPORT_DIR, calibration_markdown, unrefined_boxes, unrefined_text
 
     model = load_model_dir(model_dir)
     seed = model.config.training_seed
@@ -449,13 +465,15 @@ def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
     (folder / CONFIG_FILE).write_text(model.config.to_json())
     test = evaluate_model(model, bench, split["test"], images=images)
     unrefined = unrefined_boxes(model, bench, split["test"], images) if model.config.refine_box != "none" else None
+    text_unrefined = unrefined_text(model, bench, split["test"], images) if model.config.refine_text != "none" else None
     data = {"model_id": model.model_id, "dataset": str(dataset), "seed": seed, "before": before,
-            "config": json.loads(model.config.to_json()), "sweep": sweep, "test": test, "test_unrefined": unrefined}
+            "config": json.loads(model.config.to_json()), "sweep": sweep, "test": test, "test_unrefined": unrefined,
+            "test_text_unrefined": text_unrefined}
     text = calibration_markdown(data)
     (folder / REPORT_DIR).mkdir(exist_ok=True)
     (folder / REPORT_DIR / "calibration.md").write_text(text)
     card = (folder / CARD_FILE).read_text().split("\n## Calibration")[0].rstrip("\n")
     (folder / CARD_FILE).write_text(f"{card}\n\n{text}")  # the card's previous calibration, if any, is replaced
-    report(f"{model.model_id}: test text mIoU {test['miou']:.3f}, box IoU {test['box_iou']:.3f} "
-           f"(refinement {model.config.refine_box}); {folder / REPORT_DIR / 'calibration.md'}")
+    report(f"{model.model_id}: test text mIoU {test['miou']:.3f} (refinement {model.config.refine_text}), box IoU "
+           f"{test['box_iou']:.3f} (refinement {model.config.refine_box}); {folder / REPORT_DIR / 'calibration.md'}")
     return data

@@ -174,3 +174,49 @@ def test_grabcut_refinement_does_not_depend_on_opencvs_random_state():
         cv2.setRNGSeed(seed)
         masks.append(grabcut_refine(image, probs, (x, y, x + w, y + h), 0.5))
     assert all(np.array_equal(masks[0], m) for m in masks[1:])
+
+
+def test_recut_pieces_one_box_prompt_per_region_specks_skipped(model):
+    from matcher.segmentation.predict import MIN_REGION_SHARE, REGION_BOX_GROWTH, recut_pieces
+
+    model.config.threshold_box = 1e-9  # the box channel keeps its whole window: each piece shows its clip box
+    try:
+        mask = np.zeros((50, 70), bool)
+        mask[5:20, 5:25] = True  # 300 px
+        mask[30:45, 40:65] = True  # 375 px, the largest
+        mask[2, 60] = True  # a speck under MIN_REGION_SHARE
+        assert MIN_REGION_SHARE * mask.size > 1
+        pieces = recut_pieces(model, photo(), mask)
+    finally:
+        model.config.threshold_box = 0.5
+    assert [box for box, _ in pieces] == [(40, 30, 65, 45), (5, 5, 25, 20)]  # largest first, no speck
+    for (x0, y0, x1, y1), piece in pieces:
+        assert piece.shape == mask.shape and piece[y0:y1, x0:x1].all()  # the region itself is covered
+        dx, dy = REGION_BOX_GROWTH * (x1 - x0), REGION_BOX_GROWTH * (y1 - y0)
+        ys, xs = np.nonzero(piece)
+        assert xs.min() >= x0 - dx - 1 and xs.max() <= x1 + dx + 1 and ys.min() >= y0 - dy - 1 and ys.max() <= y1 + dy + 1
+
+
+def test_text_refinement_is_the_configs_and_reported(model):
+    from matcher.segmentation.predict import label_mask, recut_regions, text_mask
+
+    probs = np.zeros((50, 70), np.float32)
+    probs[10:30, 10:40] = 0.9
+    plain = label_mask(model, photo(), probs, 0.5, False, "none")
+    assert np.array_equal(plain, text_mask(probs, 0.5, False))
+    assert np.array_equal(label_mask(model, photo(), probs, 0.5, False, "boxes"), recut_regions(model, photo(), plain))
+    model.config.refine_text = "boxes"
+    try:
+        result = segment_prompt(photo(), "chair", model, threshold=0.5)
+        assert result.refine == "boxes" and result.to_dict()["refine"] == "boxes"
+        assert set(np.unique(result.mask)) <= {0, 255}
+        assert segment_prompt(photo(), "chair", model, threshold=0.5, refine="none").refine == "none"
+    finally:
+        model.config.refine_text = "none"
+
+
+def test_unknown_text_refinement_is_refused():
+    from matcher.segmentation.model import SegConfig
+
+    with pytest.raises(ValueError, match="refine_text"):
+        SegConfig(labels=["chair"], refine_text="magic")

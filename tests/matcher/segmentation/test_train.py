@@ -145,8 +145,13 @@ def test_calibrate_relocks_a_model_dir_without_touching_its_weights(tiny_bench, 
     assert config["refine_box"] == data["sweep"]["refine_locked"] == max(
         data["sweep"]["refine_val"], key=lambda k: data["sweep"]["refine_val"][k])
     assert config["threshold_box"] == data["sweep"]["chosen"]["box"]
+    text_refine = data["sweep"]["text_refine_val"]
+    assert set(text_refine) == {"none", "boxes"}
+    assert config["refine_text"] == data["sweep"]["text_refine_locked"] == max(text_refine, key=lambda k: text_refine[k])
     assert load_model_dir(tiny_model_dir).model_id == data["model_id"]
     card = (tiny_model_dir / "model_card.md").read_text()
     assert card.startswith("# tiny test model") and card.count("## Calibration") == 1
-    assert "box refinement on validation: none" in (tiny_model_dir / "report" / "calibration.md").read_text()
+    calibration = (tiny_model_dir / "report" / "calibration.md").read_text()
+    assert "box refinement on validation (box IoU): none" in calibration
+    assert "text refinement on validation (text mIoU): none" in calibration
     assert data["model_id"] in lines[-1]
