@@ -37,13 +37,13 @@ def test_the_shipped_model_is_found_checked_and_cuts_out_bench_objects(bench_dir
             ious.append((predicted & truth).sum() / max(1, (predicted | truth).sum()))
     assert len(ious) >= 10
     # A sanity check of the shipped weights, not a measurement: some of these scenes were training data
-    # (measured on the test split: 0.854 with the locked GrabCut refinement, 0.838 without; the classical segmenter 0.756).
+    # (measured on the test split: 0.865 with the locked GrabCut refinement, 0.847 without; the classical segmenter 0.756).
     assert float(np.mean(ious)) > 0.75, ious
 
 
 def test_the_shipped_models_text_prompts_outlined_by_the_box_channel_beat_the_label_map(bench_dir):
     """On test-split photos (never trained or calibrated on), the locked text refinement raises the IoU of text
-    prompts over the plain label map (measured on all 45 test photos: text mIoU 0.611 against 0.518)."""
+    prompts over the plain label map (measured on all 45 test photos: text mIoU 0.653 against 0.539)."""
     from matcher.segmentation.data import load_rgb, read_bench, split_bench
     from matcher.segmentation.evaluate import scene_truth
     from matcher.segmentation.predict import segment_prompt
@@ -63,4 +63,4 @@ def test_the_shipped_models_text_prompts_outlined_by_the_box_channel_beat_the_la
                 values.append((predicted & truth).sum() / max(1, (predicted | truth).sum()))
     assert len(ious["none"]) >= 25
     refined, plain = float(np.mean(ious["boxes"])), float(np.mean(ious["none"]))
-    assert refined > plain + 0.04 and refined > 0.5, (refined, plain)  # measured: 0.563 against 0.476 on 31 prompts
+    assert refined > plain + 0.03 and refined > 0.5, (refined, plain)  # measured: 0.561 against 0.508 on 31 prompts
