@@ -177,11 +177,9 @@ def _label_instances(image: LoadedImage, model, labels: list[str], settings: Set
     for label, probs in zip(labels, probabilities):
         mask = text_mask(probs, cfg.threshold_text if threshold is None else float(threshold), cfg.postprocess_text)
         for piece in _pieces(model, image.rgb, mask, min_area):
-            ys, xs = np.nonzero(piece)
-            x, y = int(xs.min()), int(ys.min())
             score = float(probs[piece].mean())
-            box = Box.from_xywh(x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1)
-            detections.append(Detection(box=box, score=score, label=label, category=None, source=f"prompt:{label}"))
+            detections.append(Detection(box=mask_bbox(piece), score=score, label=label, category=None,
+                                        source=f"prompt:{label}"))
             masks.append(Mask(binary=piece, score=score, source=model.model_id))
     return detections, masks
 
