@@ -120,6 +120,9 @@ class Settings(BaseSettings):
                                         "--backend preset's ('learned' for effnet).")
     seg_model_dir: Path | None = Field(default=None, description="Model directory made by `matcher seg train` "
                                        "(the 'learned' segmenter and `matcher segment`).")
+    clipseg_dir: Path | None = Field(default=None, description="A CLIPSeg model folder (transformers "
+                                     "save_pretrained layout) instead of the manifest's CIDAS/clipseg-rd64-refined "
+                                     "in the weights directory: free-text `matcher segment --backend clipseg`.")
 
     @classmethod
     def settings_customise_sources(

@@ -72,6 +72,9 @@ class WeightSpec:
     subdir: str = ""  # relative to the weights directory
     size_bytes: int | None = None  # exact size when known (progress bars only, never used to reject a file)
     override_env: str | None = None  # environment variable that points at a user-supplied file instead
+    # Files that must sit beside ``filename`` (a Hugging Face model folder: config, tokenizer, processor);
+    # fetched from the same URL folder as ``url`` and checked by :func:`resolve_weights`.
+    companions: tuple[str, ...] = ()
 
     def path_in(self, weights_dir: Path) -> Path:
         base = Path(weights_dir)
@@ -175,6 +178,20 @@ MANIFEST: dict[str, WeightSpec] = {
             purpose="YOLO-World v2 small: open-vocabulary boxes from category prompts (detector 'yoloworld')",
             licence=_ULTRA_LICENCE,
             override_env="MATCHER_DETECTOR_CHECKPOINT",
+        ),
+        WeightSpec(
+            name="clipseg:CIDAS/clipseg-rd64-refined",
+            filename="model.safetensors",
+            url="https://huggingface.co/CIDAS/clipseg-rd64-refined/resolve/main/model.safetensors",
+            sha256=None,
+            size_hint="603 MB",
+            subdir="clipseg/CIDAS/clipseg-rd64-refined",
+            purpose="CLIPSeg (CLIP ViT-B/16 + a 64-channel decoder): free-text prompted masks (`matcher segment "
+                    "--backend clipseg`)",
+            licence="Apache-2.0 (CIDAS, transformers CLIPSeg)",
+            override_env="MATCHER_CLIPSEG_DIR",
+            companions=("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "vocab.json", "merges.txt"),
         ),
     )
 }
@@ -396,6 +413,11 @@ def resolve_weights(name: str | WeightSpec, settings: Any, *, override: str | os
     path = spec.path_in(weights_dir_of(settings))
     if not path.is_file():
         raise MissingWeightsError(spec, path)
+    missing = [name for name in spec.companions if not (path.parent / name).is_file()]
+    if missing:
+        raise MissingWeightsError(spec, path, reason=(
+            f"model weights {spec.name!r} in {path.parent} are incomplete: {', '.join(missing)} missing beside "
+            f"{spec.filename}. Run `matcher models fetch {spec.name}` or copy the whole model folder there."))
     digest = verify(path, spec.sha256, name=spec.name) if spec.sha256 else None
     return ResolvedWeights(spec.name, path, digest, custom=False)
 
@@ -416,6 +438,8 @@ def fetch(name: str | WeightSpec, settings: Any, *, force: bool = False, progres
     """
     spec = get_spec(name)
     dest = spec.path_in(weights_dir_of(settings))
+    for companion in spec.companions:  # small files first: a folder is usable only once the big file lands
+        _fetch_companion(spec, companion, dest.parent, force=force, timeout=timeout)
     if dest.is_file() and not force:
         if spec.sha256 is None:
             log.info("%s already present at %s", spec.name, dest)
@@ -466,6 +490,25 @@ def fetch(name: str | WeightSpec, settings: Any, *, force: bool = False, progres
     else:
         log.info("%s verified (sha256 %s) at %s", spec.name, digest, dest)
     return dest
+
+
+def _fetch_companion(spec: WeightSpec, filename: str, folder: Path, *, force: bool, timeout: float) -> None:
+    """One of a model folder's small files (config, tokenizer), from the URL folder of the spec's main file."""
+    dest = folder / filename
+    if dest.is_file() and not force:
+        return
+    if not spec.url:
+        raise MissingWeightsError(spec, dest, reason=f"no download source is known for {spec.name!r}; copy {filename} "
+                                  f"to {dest}")
+    url = spec.url.rsplit("/", 1)[0] + "/" + filename
+    folder.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(url, headers={"User-Agent": "matcher-weights/1"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data = response.read()
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp_name, dest)
 
 
 class _NoBar:

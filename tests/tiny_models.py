@@ -111,3 +111,52 @@ def tiny_rtdetr():
 def tiny_yoloworld():
     """A randomly initialised YOLO-World v2 nano built from its yaml (no download)."""
     return _offline_ultralytics().YOLOWorld("yolov8n-worldv2.yaml")
+
+
+# The files of the Hugging Face repository CIDAS/clipseg-rd64-refined (weights.MANIFEST's companions).
+CLIPSEG_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def _clip_tokenizer_files(folder: Path) -> None:
+    """vocab.json and merges.txt of the real CLIP BPE, from the vocabulary open_clip ships in its wheel."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    special = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # open_clip's names -> HF's
+    (folder / "vocab.json").write_text(json.dumps({special.get(k, k): v for k, v in bpe.encoder.items()}))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def tiny_clipseg(folder: Path, *, seed: int = 0) -> Path:
+    """A random CLIPSeg (two-layer CLIP towers, 64 px input) saved in the CIDAS repository's file layout."""
+    import torch
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _clip_tokenizer_files(folder)
+    config = CLIPSegConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "vocab_size": 49408, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+                       "image_size": 64, "patch_size": 16},
+        projection_dim=16, extract_layers=[0, 1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+        decoder_intermediate_size=32)
+    torch.manual_seed(seed)
+    CLIPSegForImageSegmentation(config).eval().save_pretrained(folder)
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    images = ViTImageProcessor(do_resize=True, size={"height": 64, "width": 64},
+                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    images.save_pretrained(folder)  # preprocessor_config.json, as in the CIDAS repository
+    special = folder / "special_tokens_map.json"
+    if not special.is_file():
+        special.write_text(json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                                       "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    for extra in set(p.name for p in folder.iterdir()) - set(CLIPSEG_FILES):  # newer transformers write more
+        (folder / extra).unlink()
+    missing = [name for name in CLIPSEG_FILES if not (folder / name).is_file()]
+    assert not missing, f"tiny CLIPSeg folder lacks {missing}"
+    return folder

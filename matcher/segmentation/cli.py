@@ -22,6 +22,9 @@ __all__ = ["seg_app", "segment_command", "resolve_model_dir"]
 
 seg_app = typer.Typer(no_args_is_help=True, help="Learned segmentation: train, evaluate and export models.")
 _LOSSLESS = {".png"}
+# auto: the learned model for the labels it knows, CLIPSeg (when its weights are present) for any other text.
+PROMPT_BACKENDS = ("auto", "learned", "clipseg")
+_BACKEND_HELP = "learned (the labels it was trained on), clipseg (free text; needs its weights) or auto."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -42,6 +45,27 @@ def _load_model(option: Path | None):
     from .model import load_model_dir
 
     return load_model_dir(resolve_model_dir(option), device=resolve_device(Settings().device))
+
+
+def _load_clipseg():
+    from ..device import resolve_device
+    from ..settings import Settings
+    from .clipseg import load_clipseg
+
+    settings = Settings()
+    return load_clipseg(settings, device=resolve_device(settings.device))
+
+
+def _clipseg_ready() -> bool:
+    from ..settings import Settings
+    from .clipseg import clipseg_available
+
+    return clipseg_available(Settings())
+
+
+def _check_backend(backend: str, allowed: tuple[str, ...] = PROMPT_BACKENDS) -> None:
+    if backend not in allowed:
+        raise _fail(f"--backend must be one of {', '.join(allowed)}, not {backend!r}")
 
 
 def _require_bench(dataset: Path) -> None:
@@ -91,18 +115,26 @@ def eval_command(
     json_out: Annotated[Path, typer.Option("--json", help="Write the report here (top-level miou, dice, box_iou, per_label).")],
     model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: MATCHER_SEG_MODEL_DIR).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Override the locked thresholds (both modes).")] = None,
+    backend: Annotated[str, typer.Option(help="learned, or clipseg (text prompts only, zero-shot; needs its "
+                                         "weights).")] = "learned",
 ) -> None:
     """Text prompts per label and box prompts from the ground-truth boxes, at the model's locked thresholds."""
+    from ..weights import MissingWeightsError
+    from .clipseg import ClipSegUnavailableError, evaluate_clipseg
     from .evaluate import evaluate_model_dir
 
+    _check_backend(backend, ("learned", "clipseg"))
     _require_bench(dataset)
     if not json_out.parent.is_dir():
         raise _fail(f"cannot write {json_out}: folder {json_out.parent} does not exist")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise _fail("--threshold must be between 0 and 1")
     try:
-        report = evaluate_model_dir(resolve_model_dir(model), dataset, threshold=threshold, json_out=json_out)
-    except (MissingSegModelError, ValueError, FileNotFoundError) as exc:
+        if backend == "clipseg":
+            report = evaluate_clipseg(_load_clipseg(), dataset, threshold=threshold, json_out=json_out)
+        else:
+            report = evaluate_model_dir(resolve_model_dir(model), dataset, threshold=threshold, json_out=json_out)
+    except (MissingSegModelError, MissingWeightsError, ClipSegUnavailableError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"{report['model']} on {dataset}: text mIoU {_f(report['miou'])} Dice {_f(report['dice'])}, box IoU "
                f"{_f(report['box_iou'])}; unknown labels {report['unknown_labels'] or 'none'}, "
@@ -113,14 +145,26 @@ def eval_command(
 def calibrate_command(
     dataset: Annotated[Path, typer.Argument(help="The bench-format data set the model was trained on (same split seed).")],
     model: Annotated[Optional[Path], typer.Option("--model", help="Model directory to re-calibrate in place.")] = None,
+    backend: Annotated[str, typer.Option(help="learned, or clipseg (its threshold, stored beside its "
+                                         "weights).")] = "learned",
+    seed: Annotated[int, typer.Option(help="Split seed (clipseg; the learned model keeps its own).")] = 42,
 ) -> None:
     """Re-lock thresholds, post-processing and box refinement on the validation split; weights untouched."""
+    from ..weights import MissingWeightsError
+    from .clipseg import ClipSegUnavailableError, calibrate_clipseg
     from .train import calibrate_model_dir
 
+    _check_backend(backend, ("learned", "clipseg"))
     _require_bench(dataset)
     try:
-        calibrate_model_dir(resolve_model_dir(model), dataset, report=typer.echo)
-    except (MissingSegModelError, ValueError, FileNotFoundError) as exc:
+        if backend == "clipseg":
+            record = calibrate_clipseg(_load_clipseg(), dataset, seed=seed)
+            sweep = ", ".join(f"{t} {v:.3f}" for t, v in record["val_miou_by_threshold"].items())
+            typer.echo(f"clipseg threshold {record['threshold']} locked on {record['val_images']} validation photos "
+                       f"(val mIoU by threshold: {sweep})")
+        else:
+            calibrate_model_dir(resolve_model_dir(model), dataset, report=typer.echo)
+    except (MissingSegModelError, MissingWeightsError, ClipSegUnavailableError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -150,25 +194,34 @@ def segment_command(
     box: Annotated[Optional[list[str]], typer.Option("--box", help="x,y,w,h in photo pixels; repeatable.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Probability threshold (default: the model's locked one).")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: MATCHER_SEG_MODEL_DIR).")] = None,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the regions and their scores as JSON.")] = False,
 ) -> None:
     """Segment every instance of a prompted label (or the objects in --box boxes) into a {0, 255} mask."""
     from ..imageio import ImageLoadError, load_image
     from ..query import parse_box
-    from .labels import UnknownPromptError, resolve_prompt
+    from ..weights import MissingWeightsError
+    from .clipseg import ClipSegUnavailableError, prompt_phrase, segment_text
+    from .labels import UnknownPromptError
     from .predict import segment_boxes, segment_prompt
 
+    _check_backend(backend)
     try:
-        _check_segment_args(out, prompt, box, threshold)
+        _check_segment_args(out, prompt, box, threshold, backend)
         boxes = [parse_box(b).xyxy() for b in box or []]
-        seg_model = _load_model(model)
-        label = resolve_prompt(prompt, seg_model.config.labels) if prompt else None
+        seg_model, label = _prompt_model(prompt, backend, model)
+        if prompt and label is None:
+            prompt_phrase(prompt)  # CLIPSeg: a prompt of command words only is refused before any work
         rgb = load_image(photo).rgb
-    except (ValueError, UnknownPromptError, ImageLoadError, MissingSegModelError) as exc:
+    except (ValueError, UnknownPromptError, ImageLoadError, MissingSegModelError, MissingWeightsError,
+            ClipSegUnavailableError) as exc:
         raise _fail(str(exc)) from None
-    if label is not None:
+    if label is None and prompt:  # CLIPSeg: the prompt's own words
+        result = segment_text(rgb, prompt, seg_model, threshold=threshold)
+        mask, summary = result.mask, {"prompt": prompt, "backend": "clipseg", **result.to_dict()}
+    elif label is not None:
         result = segment_prompt(rgb, label, seg_model, threshold=threshold)
-        mask, summary = result.mask, {"prompt": prompt, **result.to_dict()}
+        mask, summary = result.mask, {"prompt": prompt, "backend": "learned", **result.to_dict()}
     else:
         results = segment_boxes(rgb, boxes, seg_model, threshold=threshold)
         mask = _union([r.mask for r in results], rgb.shape[:2])
@@ -178,9 +231,40 @@ def segment_command(
     typer.echo(json.dumps(summary, indent=2) if json_output else _one_line(summary))
 
 
-def _check_segment_args(out: Path, prompt, box, threshold) -> None:
+def _prompt_model(prompt: str | None, backend: str, model_dir: Path | None):
+    """(model, label): the learned model and the label a prompt names (None for boxes), or CLIPSeg and None.
+
+    ``auto`` gives the learned model every prompt it knows, and CLIPSeg (when present) the rest; an unknown
+    prompt without CLIPSeg is an error that lists the known labels and says how to get free text.
+    """
+    from .clipseg import CLIPSEG_WEIGHTS
+    from .labels import UnknownPromptError, resolve_prompt
+
+    if backend == "clipseg":
+        return _load_clipseg(), None
+    try:
+        learned = _load_model(model_dir)
+    except MissingSegModelError:
+        if prompt and backend == "auto" and _clipseg_ready():
+            return _load_clipseg(), None
+        raise
+    if not prompt:
+        return learned, None
+    try:
+        return learned, resolve_prompt(prompt, learned.config.labels)
+    except UnknownPromptError as exc:
+        if backend == "auto" and _clipseg_ready():
+            return _load_clipseg(), None
+        hint = "" if backend == "learned" else (
+            f" For free text, get CLIPSeg: `matcher models fetch {CLIPSEG_WEIGHTS}`, then --backend clipseg.")
+        raise UnknownPromptError(f"{exc}{hint}") from None
+
+
+def _check_segment_args(out: Path, prompt, box, threshold, backend: str = "auto") -> None:
     if bool(prompt) == bool(box):
         raise ValueError("give either --prompt TEXT or one or more --box x,y,w,h")
+    if box and backend == "clipseg":
+        raise ValueError("--backend clipseg takes text prompts only; box prompts use the learned model")
     if out.suffix.lower() not in _LOSSLESS:
         raise ValueError(f"--out {out}: a mask must be written as .png")
     if not out.parent.is_dir():
@@ -210,6 +294,6 @@ def _write_mask(mask, out: Path) -> None:
 
 def _one_line(summary: dict) -> str:
     if "label" in summary:
-        return (f"{summary['mask']}: {summary['label']}, {len(summary['regions'])} region(s), "
+        return (f"{summary['mask']}: {summary['label']} ({summary['model']}), {len(summary['regions'])} region(s), "
                 f"{summary['coverage']:.2%} of the photo, threshold {summary['threshold']}")
     return f"{summary['mask']}: {len(summary['boxes'])} box(es), {summary['coverage']:.2%} of the photo"

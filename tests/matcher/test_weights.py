@@ -173,3 +173,27 @@ def test_other_open_clip_tags_get_a_derived_spec(settings: Settings):
     assert spec.path_in(Path("/w")) == Path("/w/open_clip/ViT-B-16/laion2b_s34b_b88k/open_clip_pytorch_model.bin")
     with pytest.raises(MissingWeightsError, match="matcher models fetch open_clip:ViT-B-16:laion2b_s34b_b88k"):
         weights.resolve(spec.name, settings)
+
+
+def test_a_model_folder_is_fetched_with_its_companions_and_checked_whole(tmp_path: Path, settings: Settings):
+    source = tmp_path / "hub" / "org" / "model"
+    source.mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"weights")
+    (source / "config.json").write_text("{}")
+    (source / "vocab.json").write_text("{}")
+    spec = WeightSpec(name="test:folder", filename="model.safetensors", url=(source / "model.safetensors").as_uri(),
+                      sha256=None, size_hint="7 B", purpose="a test folder", licence="none", subdir="org/model",
+                      companions=("config.json", "vocab.json"))
+    dest = weights.fetch(spec, settings, progress=False)
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith(".sha256.json")) == [
+        "config.json", "model.safetensors", "vocab.json"]
+    assert weights.resolve(spec, settings) == dest
+    (dest.parent / "vocab.json").unlink()
+    with pytest.raises(MissingWeightsError, match="incomplete: vocab.json missing.*matcher models fetch test:folder"):
+        weights.resolve(spec, settings)
+
+
+def test_clipseg_is_in_the_manifest_with_its_tokenizer_and_processor_files():
+    spec = weights.MANIFEST["clipseg:CIDAS/clipseg-rd64-refined"]
+    assert spec.url.endswith("/CIDAS/clipseg-rd64-refined/resolve/main/model.safetensors")
+    assert {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt"} <= set(spec.companions)
