@@ -87,6 +87,9 @@ def train_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or mps (CUDA trains in mixed precision).")] = "auto",
     max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop training when the next epoch would pass this "
                                                "(0 = no limit).")] = 20.0,
+    paste_share: Annotated[float, typer.Option(min=0.0, max=5.0, help="Copy-paste box samples (catalog cutouts in "
+                                               "training photos) per epoch, as a share of the training instances; "
+                                               "0 turns them off.")] = 0.0,
     baselines: Annotated[bool, typer.Option(help="Also score the untrained decoder and the classical segmenter.")] = True,
     limit: Annotated[Optional[int], typer.Option(min=3, help="Only the first N scenes (smoke runs).")] = None,
 ) -> None:
@@ -99,7 +102,8 @@ def train_command(
     from .train import TrainOptions, train_model
 
     opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
-                        device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit)
+                        device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
+                        paste_share=paste_share)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -237,7 +237,11 @@ def model_card(data: dict[str, Any]) -> str:
         f"`{train['dataset']}`: rendered room scenes of Sweet Home 3D furniture models (see the data set's "
         "`CREDITS.md`; models from the BlendSwap-CC-BY and KatorLegaz libraries are under Creative Commons "
         "Attribution licences and their attribution must accompany derived images). Labels come from product "
-        "titles and tags through `matcher/segmentation/label_map.json`.",
+        "titles and tags through `matcher/segmentation/label_map.json`."
+        + (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
+           "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
+           "photos, in front of or behind other products; products seen only in validation or test photos are "
+           "never pasted." if train.get("paste_share") else ""),
         f"Split by image id, seed {train['seed']}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    matcher seg train {train['dataset']} --out MODEL_DIR --seed {train['seed']}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "

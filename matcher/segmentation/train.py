@@ -6,8 +6,8 @@ box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and te
 validation split and locked into config.json *before* the test split is read; the test report
 compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
 
-Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops; text batches train the
-label channels on whole photos (BCE over every label with label pixels weighted ``text_label_weight``,
+Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops (real instances, and copy-paste
+composites of catalog cutouts: ``paste.py``); text batches train the label channels on whole photos (BCE over every label with label pixels weighted ``text_label_weight``,
 Dice over the labels present in each photo); ``text_head="softmax"`` is the measured alternative.
 
 What the dev bench said within the budget (val mIoU at threshold 0.5 after the first epoch, 2 CPU
@@ -30,11 +30,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, read_bench, split_bench, text_canvas,
-                   text_sample)
+from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, read_bench, read_products, split_bench,
+                   text_canvas, text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
 from .labels import known_labels
 from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
+from .paste import Cutout, load_cutouts, mask_box, paste_composite
 from .predict import to_tensor
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class TrainOptions:
     decoder_channels: tuple[int, ...] = (96, 64, 48, 32, 16)
     box_batch: int = 8
     box_share: float = 0.6  # share of the training instances used as box samples in an epoch
+    paste_share: float = 0.0  # copy-paste box samples (catalog cutouts in training photos) per epoch, same unit; 0: off
     text_repeats: int = 1  # times each training photo is a text sample in an epoch
     min_label_instances: int = 5  # a label needs this many training instances to get a channel
     text_batch: int = 4
@@ -92,6 +94,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class PastePool:
+    """What copy-paste samples are made of: cutouts of the training photos' products, and those photos."""
+
+    cutouts: list[Cutout]
+    photo_ids: list[int]
+
+
+def paste_pool(bench: Bench, train_ids: Sequence[int]) -> PastePool | None:
+    """Cutouts of every product seen in a training photo (None when the catalog has no photos or mattes)."""
+    skus = {inst.sku for i in train_ids for inst in bench.scenes[i].instances if inst.sku}
+    cutouts = load_cutouts(bench.root, read_products(bench.root), skus)
+    return PastePool(cutouts, list(train_ids)) if len(cutouts) >= 2 else None
+
+
 class ImageCache:
     """Decoded scene photos, each read once (300 dev scenes are ~430 MB)."""
 
@@ -104,9 +121,12 @@ class ImageCache:
         return self._images[image_id]
 
 
-def plan_epoch(bench: Bench, train_ids: Sequence[int], rng: np.random.Generator, opts: TrainOptions) -> list[tuple]:
-    """Shuffled batches of one epoch: ("box", [(image_id, instance index), ...]) and ("text", [image_id, ...])."""
+def plan_epoch(bench: Bench, train_ids: Sequence[int], rng: np.random.Generator, opts: TrainOptions,
+               paste: bool = False) -> list[tuple]:
+    """Shuffled batches of one epoch: ("box", [(image_id, instance index), ...]), ("text", [image_id, ...]) and,
+    with ``paste``, ("paste", [sample number, ...])."""
     boxes = [(i, k) for i in train_ids for k in range(len(bench.scenes[i].instances))]
+    pasted = list(range(int(round(opts.paste_share * len(boxes))))) if paste else []
     texts = list(train_ids)
     rng.shuffle(boxes)
     rng.shuffle(texts)
@@ -114,6 +134,7 @@ def plan_epoch(bench: Bench, train_ids: Sequence[int], rng: np.random.Generator,
     texts = texts * opts.text_repeats
     batches = [("box", boxes[s:s + opts.box_batch]) for s in range(0, len(boxes), opts.box_batch)]
     batches += [("text", texts[s:s + opts.text_batch]) for s in range(0, len(texts), opts.text_batch)]
+    batches += [("paste", pasted[s:s + opts.box_batch]) for s in range(0, len(pasted), opts.box_batch)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -128,8 +149,22 @@ def box_item(item: tuple[int, int], bench: Bench, images: ImageCache, opts: Trai
     return crop, target[None], np.ones((1, *target.shape), np.float32)
 
 
+def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, augment):
+    """(crop, target (1, S, S), weight (1, S, S)) for one copy-paste sample (see matcher/segmentation/paste.py)."""
+    while True:
+        target = pool.cutouts[int(rng.integers(len(pool.cutouts)))]
+        others = [c for c in pool.cutouts if c.sku != target.sku]
+        background = images(pool.photo_ids[int(rng.integers(len(pool.photo_ids)))])
+        image, mask = paste_composite(background, target, others, rng)
+        box = mask_box(mask)
+        if box is not None:
+            break
+    crop, truth = box_sample(image, mask, box, opts.box_size, opts.box_margin, rng, augment)
+    return crop, truth[None], np.ones((1, *truth.shape), np.float32)
+
+
 def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels: Sequence[str], opts: TrainOptions,
-                rng: np.random.Generator, augment: Augment, transform):
+                rng: np.random.Generator, augment: Augment, transform, pool: PastePool | None = None):
     """(images uint8 list, targets (N, C, H, W) float, weights (N, 1, H, W) float) for one batch."""
     if kind == "text":  # one canvas per batch: the first photo's (photos of other shapes are stretched to it)
         first = bench.scenes[items[0]]
@@ -138,6 +173,8 @@ def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels
     for item in items:
         if kind == "box":
             crop, target, weight = box_item(item, bench, images, opts, rng, augment)
+        elif kind == "paste":
+            crop, target, weight = paste_item(pool, images, opts, rng, augment)
         else:
             crop, target, ignore = text_sample(images(item), bench.scenes[item], labels, canvas, rng, augment)
             weight = (1.0 - ignore)[None]
@@ -238,7 +275,7 @@ def train_step(net, batch, optimizer, scheduler, scaler, opts: TrainOptions, dev
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=scaler is not None):
         logits = net(x)
     logits = logits.float()
-    if kind == "box":
+    if kind in ("box", "paste"):
         loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight)
     elif opts.text_head == "sigmoid":  # one weighted BCE + Dice per label, as for the box channel
         loss = box_loss(logits[:, 1:], target, weight, opts.text_label_weight)
@@ -290,7 +327,10 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
     augment = Augment()
     transform = augment.photometric()
     frozen = freeze_early_layers(net, opts.freeze_blocks)
-    steps_per_epoch = len(plan_epoch(bench, split["train"], np.random.default_rng(0), opts))
+    pool = paste_pool(bench, split["train"]) if opts.paste_share > 0 else None
+    if pool is not None:
+        report(f"copy-paste box samples from {len(pool.cutouts)} catalog cutouts of training-photo products")
+    steps_per_epoch = len(plan_epoch(bench, split["train"], np.random.default_rng(0), opts, pool is not None))
     optimizer, scheduler, plan = make_optimizer(net, opts, opts.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
     history, best_state, started, planned = History(), None, time.perf_counter(), opts.epochs
@@ -298,9 +338,10 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
         epoch_start = time.perf_counter()
         set_train_mode(net, frozen)
         losses = {"box": [], "text": []}
-        for kind, items in plan_epoch(bench, split["train"], rng, opts):
-            batch = build_batch(kind, items, bench, images, model.config.labels, opts, rng, augment, transform)
-            losses[kind].append(train_step(net, (kind, batch), optimizer, scheduler, scaler, opts, device))
+        for kind, items in plan_epoch(bench, split["train"], rng, opts, pool is not None):
+            batch = build_batch(kind, items, bench, images, model.config.labels, opts, rng, augment, transform, pool)
+            loss = train_step(net, (kind, batch), optimizer, scheduler, scaler, opts, device)
+            losses["text" if kind == "text" else "box"].append(loss)
         net.eval()
         val = validation_score(model, bench, split["val"], images)
         row = {"epoch": epoch + 1, "box_loss": float(np.mean(losses["box"] or [0])),

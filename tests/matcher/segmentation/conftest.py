@@ -44,15 +44,36 @@ def _scene(rng: np.random.Generator, skus: list[str]) -> tuple[np.ndarray, list[
     return image, instances
 
 
-def write_bench(root: Path, n_scenes: int = 14, seed: int = 0, products: dict | None = None) -> Path:
+def write_catalog_photos(root: Path, products: dict) -> dict[str, dict]:
+    """A catalog photo and exact alpha matte per product (an ellipse of its colour on white), as the bench has."""
+    from PIL import Image
+
+    (root / "catalog" / "images").mkdir(parents=True, exist_ok=True)
+    (root / "catalog" / "alpha").mkdir(parents=True, exist_ok=True)
+    files = {}
+    yy, xx = np.mgrid[0:40, 0:32]
+    alpha = ((((yy - 20) / 18.0) ** 2 + ((xx - 16) / 12.0) ** 2) <= 1.0).astype(np.uint8) * 255
+    for sku, (_, _, colour) in products.items():
+        name = sku.replace("/", "__")
+        photo = np.full((40, 32, 3), 255, np.uint8)
+        photo[alpha > 0] = colour
+        Image.fromarray(photo).save(root / "catalog" / "images" / f"{name}.png")
+        Image.fromarray(alpha).save(root / "catalog" / "alpha" / f"{name}.png")
+        files[sku] = {"image": f"catalog/images/{name}.png", "alpha": f"catalog/alpha/{name}.png"}
+    return files
+
+
+def write_bench(root: Path, n_scenes: int = 14, seed: int = 0, products: dict | None = None,
+                catalog_photos: bool = False) -> Path:
     from PIL import Image
 
     products = products or PRODUCTS
     rng = np.random.default_rng(seed)
     (root / "catalog").mkdir(parents=True)
     (root / "scenes" / "images").mkdir(parents=True)
+    files = write_catalog_photos(root, products) if catalog_photos else {}
     (root / "catalog" / "products.jsonl").write_text("".join(
-        json.dumps({"sku": sku, "name": name, "tags": tags, "category": "Living room"}) + "\n"
+        json.dumps({"sku": sku, "name": name, "tags": tags, "category": "Living room", **files.get(sku, {})}) + "\n"
         for sku, (name, tags, _) in products.items()))
     images, annotations = [], []
     skus = list(products)
