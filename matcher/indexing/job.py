@@ -237,10 +237,17 @@ def run_index(catalog: str | Path, settings: Settings, *, limit: int | None = No
             counts["failed"] = len(failures)
             report.seconds = time.perf_counter() - started
             _finish_run(engine, settings, run_id, failures, counts, status, report.seconds)
-        report.space_active = _activate_if_complete(engine, space) if status == "done" else False
-        if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
-            with Session(engine) as session, session.begin():
-                repo.analyze_index_tables(session)
+        try:
+            report.space_active = _activate_if_complete(engine, space) if status == "done" else False
+            if counts["indexed"] + counts["mask_fail"] + counts["removed"]:
+                with Session(engine) as session, session.begin():
+                    repo.analyze_index_tables(session)
+        except Exception as exc:  # the database went away after the last product was stored
+            if connection_lost(engine, exc):
+                raise DatabaseUnavailableError(
+                    f"run {run_id} stored every product, then the database stopped answering before the search "
+                    f"space could be switched over; run the command again to finish") from exc
+            raise
     report.counts, report.failures = counts, failures
     return report
 

@@ -170,6 +170,29 @@ def test_nul_characters_fail_their_row_not_the_run(bench_dir, tmp_path, db_setti
     assert QueryEngine(db_settings).space.status == "active"
 
 
+def test_losing_the_database_after_the_last_product_is_one_clear_error(bench_dir, tmp_path, db_settings,
+                                                                      monkeypatch):
+    """The database stops between storing and switching the search space over: DatabaseUnavailableError (the
+    command's exit 5), never a raw driver error."""
+    from sqlalchemy.exc import OperationalError
+
+    from matcher.db.engine import DatabaseUnavailableError
+    from matcher.indexing import job
+
+    catalog, _ = _bench_subset(bench_dir, tmp_path, 2)
+
+    def gone(engine, space):
+        raise OperationalError("SELECT 1", {}, Exception("connection is bad"))
+
+    monkeypatch.setattr(job, "_activate_if_complete", gone)
+    monkeypatch.setattr(job, "connection_lost", lambda engine, exc: isinstance(exc, OperationalError))
+    with pytest.raises(DatabaseUnavailableError, match="stored every product, then the database stopped answering"):
+        run_index(catalog, db_settings, progress=False)
+    monkeypatch.setattr(job, "connection_lost", lambda engine, exc: False)  # a statement error stays itself
+    with pytest.raises(OperationalError):
+        run_index(catalog, db_settings, progress=False)
+
+
 def test_pool_workers_die_with_a_killed_run(bench_dir, tmp_path, db_settings):
     import os
     import signal
@@ -237,7 +260,8 @@ def test_stopping_the_embedded_database_under_a_run_gives_one_error_and_a_failed
 
     from matcher.settings import Settings
 
-    catalog, _rows = _bench_subset(bench_dir, tmp_path, 10)
+    # 40 products: the run is still storing when the server has stopped (with 10, two workers once finished first).
+    catalog, _rows = _bench_subset(bench_dir, tmp_path, 40)
     data_dir = tmp_path / "d"  # its own embedded server: stopping it must not touch the suite's
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MATCHER_DATABASE_URL")}
     env.update(MATCHER_DATA_DIR=str(data_dir), MATCHER_BACKEND="classical", MATCHER_BATCH_SIZE="1")
