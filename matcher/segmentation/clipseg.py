@@ -25,7 +25,7 @@ from ..imageio import as_rgb8
 from ..weights import MissingWeightsError, file_sha256, resolve_weights
 from .data import Bench, load_rgb, read_bench, split_bench
 from .evaluate import DEFAULT_THRESHOLDS, TextTally, label_coverage, scene_truth
-from .labels import known_labels, load_prompts, normalise
+from .labels import known_labels, load_prompts, normalise, strip_command_words
 from .predict import PromptResult, regions_of, text_mask, to_255
 
 CLIPSEG_WEIGHTS = "clipseg:CIDAS/clipseg-rd64-refined"
@@ -115,13 +115,10 @@ def load_clipseg(settings=None, device: str = "cpu") -> ClipSegModel:
 
 def prompt_phrase(text: str) -> str:
     """What CLIPSeg is asked for: 'Segment all the green armchairs!' -> 'green armchairs'."""
-    words = normalise(text).split()
-    command_words = load_prompts().command_words
-    while words and words[0] in command_words:
-        words.pop(0)
-    if not words:
+    phrase = strip_command_words(normalise(text), load_prompts().command_words)
+    if not phrase:
         raise ValueError(f"prompt {text!r} names nothing to segment")
-    return " ".join(words)
+    return phrase
 
 
 def clipseg_probabilities(model: ClipSegModel, image: np.ndarray, phrases: Sequence[str]) -> np.ndarray:

@@ -95,7 +95,7 @@ def load_prompts(path: Path = PROMPTS_FILE) -> PromptBook:
     return PromptBook(phrases, frozenset(normalise(w) for w in data["command_words"]))
 
 
-def _strip_command_words(text: str, command_words: frozenset[str]) -> str:
+def strip_command_words(text: str, command_words: frozenset[str]) -> str:
     """'segment all the armchairs' -> 'armchairs': leading command words and articles go."""
     words = text.split()
     while words and words[0] in command_words:
@@ -113,7 +113,7 @@ def resolve_prompt(text: str, labels: Sequence[str] | None = None) -> str:
     book = load_prompts()
     allowed = tuple(labels) if labels is not None else tuple(book.phrases)
     candidates = list(book.phrases) + [label for label in allowed if label not in book.phrases]
-    core = _strip_command_words(normalise(text), book.command_words)
+    core = strip_command_words(normalise(text), book.command_words)
     best: tuple[int, str] | None = None
     for label in candidates:
         for phrase in book.phrases.get(label, ()) + (normalise(label),):

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from .predict import paste
+
 # Target size on the canvas (share of its side), and the chances of a product behind it and of an occluder.
 TARGET_SIDE = (0.3, 0.75)
 BEHIND_P = 0.4
@@ -85,26 +87,17 @@ def _scaled(cutout: Cutout, long_side: float, gain: float) -> tuple[np.ndarray, 
     return np.clip(rgb.astype(np.float32) * gain, 0, 255), np.clip(alpha, 0.0, 1.0)
 
 
-def _placed(alpha: np.ndarray, x: int, y: int, shape: tuple[int, int]) -> np.ndarray:
-    """The cutout's alpha at (x, y) on a zero canvas of ``shape`` (parts outside dropped)."""
-    out = np.zeros(shape, np.float32)
-    h, w = alpha.shape
-    cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x + w, shape[1]), min(y + h, shape[0])
-    if cx1 > cx0 and cy1 > cy0:
-        out[cy0:cy1, cx0:cx1] = alpha[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
-    return out
+def _placed(values: np.ndarray, x: int, y: int, canvas: int) -> np.ndarray:
+    """A cutout's alpha (h, w) or colours (h, w, 3) with its top-left corner at (x, y) on a zero square canvas."""
+    h, w = values.shape[:2]
+    return paste((x, y, x + w, y + h), values, (canvas, canvas, *values.shape[2:]))
 
 
-def _composite(canvas: np.ndarray, rgb: np.ndarray, alpha_full: np.ndarray, x: int, y: int) -> None:
-    """Alpha-blend ``rgb`` (placed at x, y; its alpha already on the canvas grid) into ``canvas`` in place."""
-    full = np.zeros_like(canvas)
-    h, w = rgb.shape[:2]
-    cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x + w, canvas.shape[1]), min(y + h, canvas.shape[0])
-    if cx1 > cx0 and cy1 > cy0:
-        full[cy0:cy1, cx0:cx1] = rgb[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
-    a = alpha_full[..., None]
-    canvas *= 1.0 - a
-    canvas += a * full
+def _composite(image: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
+    """Alpha-blend ``rgb`` placed at (x, y) into ``image`` in place; ``alpha`` is already on the canvas grid."""
+    a = alpha[..., None]
+    image *= 1.0 - a
+    image += a * _placed(rgb, x, y, image.shape[0])
 
 
 def _near(center: tuple[float, float], spread: float, size: tuple[int, int], rng) -> tuple[int, int]:
@@ -122,7 +115,6 @@ def paste_composite(background: np.ndarray, target: Cutout, others: Sequence[Cut
     bx, by = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     image = cv2.resize(background[by:by + side, bx:bx + side], (canvas, canvas),
                        interpolation=cv2.INTER_AREA).astype(np.float32)
-    shape = (canvas, canvas)
     t_rgb, t_alpha = _scaled(target, rng.uniform(*TARGET_SIDE) * canvas, rng.uniform(*GAIN))
     tx = int(rng.integers(0, max(1, canvas - t_alpha.shape[1]) + 1))
     ty = int(rng.integers(0, max(1, canvas - t_alpha.shape[0]) + 1))
@@ -132,24 +124,17 @@ def paste_composite(background: np.ndarray, target: Cutout, others: Sequence[Cut
         b_rgb, b_alpha = _scaled(others[int(rng.integers(len(others)))], rng.uniform(0.6, 1.3) * t_side,
                                  rng.uniform(*GAIN))
         x, y = _near(centre, 0.5 * t_side, b_alpha.shape, rng)
-        _composite(image, b_rgb, _placed(b_alpha, x, y, shape), x, y)
-    mask = _placed(t_alpha, tx, ty, shape)
+        _composite(image, b_rgb, _placed(b_alpha, x, y, canvas), x, y)
+    mask = _placed(t_alpha, tx, ty, canvas)
     _composite(image, t_rgb, mask, tx, ty)
     if others and rng.random() < FRONT_P:
         f_rgb, f_alpha = _scaled(others[int(rng.integers(len(others)))], rng.uniform(0.3, 0.8) * t_side,
                                  rng.uniform(*GAIN))
         x, y = _near(centre, 0.6 * t_side, f_alpha.shape, rng)
-        front = _placed(f_alpha, x, y, shape)
+        front = _placed(f_alpha, x, y, canvas)
         visible = mask * (1.0 - front)
         if visible.sum() >= MIN_VISIBLE * mask.sum():
             _composite(image, f_rgb, front, x, y)
             mask = visible
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
-
-def mask_box(mask: np.ndarray, level: float = 0.5) -> tuple[float, float, float, float] | None:
-    """x0, y0, x1, y1 of the pixels above ``level`` (None when there are none)."""
-    ys, xs = np.nonzero(mask > level)
-    if len(ys) == 0:
-        return None
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)

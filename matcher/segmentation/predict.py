@@ -117,9 +117,10 @@ def box_probabilities(model: SegModel, image: np.ndarray, boxes_xyxy: Sequence[S
     return out
 
 
-def paste(window: tuple[int, int, int, int], values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A window's values placed into a zero (H, W) array, the parts outside the photo dropped."""
-    h, w = shape
+def paste(window: tuple[int, int, int, int], values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A window's values placed into a zero array of ``shape`` ((H, W), or (H, W, C) for C-channel values),
+    the parts outside the photo dropped."""
+    h, w = shape[:2]
     x0, y0, x1, y1 = window
     full = np.zeros(shape, dtype=values.dtype)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)

@@ -6,8 +6,9 @@ box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and te
 validation split and locked into config.json *before* the test split is read; the test report
 compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
 
-Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops (real instances, and copy-paste
-composites of catalog cutouts: ``paste.py``); text batches train the label channels on whole photos (BCE over every label with label pixels weighted ``text_label_weight``,
+Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops (real instances, and, with
+``paste_share``, copy-paste composites of catalog cutouts: ``paste.py``); text batches train the label
+channels on whole photos (BCE over every label with label pixels weighted ``text_label_weight``,
 Dice over the labels present in each photo); ``text_head="softmax"`` is the measured alternative.
 
 What the dev bench said within the budget (val mIoU at threshold 0.5 after the first epoch, 2 CPU
@@ -30,12 +31,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..cutout import mask_bbox
 from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, read_bench, read_products, split_bench,
                    text_canvas, text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
 from .labels import known_labels
 from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
-from .paste import Cutout, load_cutouts, mask_box, paste_composite
+from .paste import Cutout, load_cutouts, paste_composite
 from .predict import to_tensor
 
 log = logging.getLogger(__name__)
@@ -156,10 +158,10 @@ def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, aug
         others = [c for c in pool.cutouts if c.sku != target.sku]
         background = images(pool.photo_ids[int(rng.integers(len(pool.photo_ids)))])
         image, mask = paste_composite(background, target, others, rng)
-        box = mask_box(mask)
+        box = mask_bbox(mask > 0.5)
         if box is not None:
             break
-    crop, truth = box_sample(image, mask, box, opts.box_size, opts.box_margin, rng, augment)
+    crop, truth = box_sample(image, mask, box.xyxy(), opts.box_size, opts.box_margin, rng, augment)
     return crop, truth[None], np.ones((1, *truth.shape), np.float32)
 
 

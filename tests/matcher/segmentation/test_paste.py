@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from matcher.segmentation.data import read_bench, read_products, split_bench
-from matcher.segmentation.paste import Cutout, cutout_from, load_cutouts, mask_box, paste_composite
+from matcher.cutout import mask_bbox
+from matcher.segmentation.paste import Cutout, cutout_from, load_cutouts, paste_composite
 from matcher.segmentation.train import (Augment, ImageCache, TrainOptions, build_batch, paste_pool, plan_epoch,
                                         train_model)
 
@@ -46,8 +47,8 @@ def test_the_target_mask_is_the_target_pixels_that_show(seed):
     red = image[..., 0].astype(int) - image[..., 2]
     assert (red[solid] > 100).all()  # where the mask says "target", the target shows
     assert (mask[red < -100] < 0.01).all()  # where another product shows, the mask is empty
-    box = mask_box(mask)
-    assert box is not None and box[2] - box[0] >= 4 and box[3] - box[1] >= 4
+    box = mask_bbox(mask > 0.5)
+    assert box is not None and box.x1 - box.x0 >= 4 and box.y1 - box.y0 >= 4
 
 
 def test_the_same_seed_gives_the_same_sample():
