@@ -1,7 +1,8 @@
 """Query-path speed, old settings against new in one run: per-stage and total p50/p95 per photo over bench
 scenes with their annotated boxes, with the quality figures beside them (query-cutout mask IoU and boundary F1 against the
 true instance masks, recall@1/5/10 of the right product).  `--configs classical new` compares the room
-segmenters alone (classical against the shipped learned one) on the same catalog, photos and boxes.
+segmenters alone (classical against the shipped learned one) on the same catalog, photos and boxes;
+`uncontested` is the learned one with a photo's overlapping boxes not competing for pixels.
 
     MATCHER_DATA_DIR=DIR .venv/bin/python scripts/bench_query.py ../shared/bench/furniture-dev --scenes 90 --exclude-seg-train
 
@@ -32,6 +33,7 @@ CONFIGS = {  # the issue's starting point, then each change on top, ending with 
     "matting": {"query_segmenter": "classical", "query_workers": 1},  # fast matting at 512 px
     "new": {},  # and the learned segmenter (GrabCut-refined) in rooms, objects cut out on 2 threads
     "classical": {"query_segmenter": "classical"},  # today's defaults with the classical segmenter in rooms
+    "uncontested": {"query_segmenter": "learned"},  # the learned one with a photo's boxes not competing for pixels
 }
 STAGES = ("trace", "polish", "embed", "search", "rerank")
 
@@ -52,6 +54,8 @@ def main() -> int:
     for ann in coco["annotations"]:
         anns.setdefault(ann["image_id"], []).append(ann)
     configs = {name: CONFIGS[name] for name in args.configs}
+    if "uncontested" in configs:
+        configs["uncontested"] = {**configs["uncontested"], "seg_model_dir": uncontested_model_dir()}
     engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in configs.items()}
     times = {name: {stage: [] for stage in STAGES + ("total",)} for name in configs}
     quality = {name: {"iou": [], "bf1": [], "rank": []} for name in configs}
@@ -80,6 +84,19 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def uncontested_model_dir() -> Path:
+    """The shipped learned model with ``box_contest`` off: its weights linked into a temporary folder."""
+    import tempfile
+
+    from matcher.segmentation.model import CONFIG_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE
+
+    folder = Path(tempfile.mkdtemp(prefix="uncontested-model-"))
+    config = json.loads((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "box_contest": False}, indent=2))
+    (folder / WEIGHTS_FILE).symlink_to(DEFAULT_MODEL_DIR / WEIGHTS_FILE)
+    return folder
 
 
 def seg_training_scenes(dataset: Path) -> set[int]:

@@ -153,7 +153,7 @@ def calibrate_command(
                                          "weights).")] = "learned",
     seed: Annotated[int, typer.Option(help="Split seed (clipseg; the learned model keeps its own).")] = 42,
 ) -> None:
-    """Re-lock thresholds, post-processing and box refinement on the validation split; weights untouched."""
+    """Re-lock thresholds, post-processing, box refinement and competing boxes on validation; weights untouched."""
     from ..weights import MissingWeightsError
     from .clipseg import ClipSegUnavailableError, calibrate_clipseg
     from .train import calibrate_model_dir

@@ -5,8 +5,8 @@ predicted label mask is scored against the union of that label's instance masks 
 pair).  ``miou`` / ``dice`` = the mean over labels of the mean over that label's prompted pairs;
 ``miou_pooled`` sums intersections and unions over the pairs instead; ``false_alarm_rate`` is the
 share of (scene, label) pairs where the label is absent but the mask is not empty.
-Box mode: every annotated instance (labelled or not) is prompted with its ground-truth box;
-``box_iou`` is the mean instance IoU.  Unannotated visible products are ignore regions.
+Box mode: every annotated instance (labelled or not) is prompted with its ground-truth box, a
+scene's boxes all at once; ``box_iou`` is the mean instance IoU.  Unannotated visible products are ignore regions.
 Labels the model does not know are reported apart (``unknown_labels``), and so are instances
 whose product maps to no label (``unlabelled_instances``); both still count in box mode.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import Bench, decode_mask, ignore_mask, load_rgb, read_bench
 from .model import SegModel, load_model_dir
-from .predict import box_mask, box_probabilities, label_mask, text_probabilities
+from .predict import box_mask, box_probabilities, contest_overlaps, label_mask, text_probabilities
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.81, 0.05))
 
@@ -119,18 +119,23 @@ def tally_text(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, 
 
 
 def tally_boxes(model: SegModel, bench: Bench, image_id: int, image: np.ndarray, masks,
-                thresholds: Sequence[float], postprocess: bool, tally: BoxTally, refine: str = "none") -> None:
+                thresholds: Sequence[float], postprocess: bool, tally: BoxTally, refine: str = "none",
+                contest: bool = False) -> None:
+    """Every instance prompted with its ground-truth box, all of a scene's boxes at once (as a detector's
+    boxes are), so that with ``contest`` they compete for the pixels where they overlap."""
     scene = bench.scenes[image_id]
     boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
-    for inst, gt, box, (window, probs) in zip(scene.instances, masks, boxes, box_probabilities(model, image, boxes)):
-        for t in thresholds:
+    prompts = box_probabilities(model, image, boxes)
+    for t in thresholds:
+        contested = contest_overlaps(prompts, boxes, t) if contest else prompts
+        for inst, gt, box, (window, probs) in zip(scene.instances, masks, boxes, contested):
             pred, _ = box_mask(window, probs, box, gt.shape, t, postprocess, refine, image)
             tally.add(t, inst.label, iou_and_dice(pred, gt)[0])
 
 
 def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text_thresholds=(0.5,),
                 box_thresholds=(0.5,), text_post: bool = False, box_post: bool = False, box_refine: str = "none",
-                text_refine: str = "none",
+                text_refine: str = "none", box_contest: bool = False,
                 images: Callable[[int], np.ndarray] | None = None) -> tuple[TextTally, BoxTally]:
     """Run both prompt kinds over ``image_ids`` at every given threshold."""
     text, box = TextTally(), BoxTally()
@@ -140,13 +145,14 @@ def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text
         if text_thresholds:
             tally_text(model, bench, image_id, image, masks, valid, text_thresholds, text_post, text, text_refine)
         if box_thresholds:
-            tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box, box_refine)
+            tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box, box_refine,
+                        box_contest)
     return text, box
 
 
 def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, threshold_text: float | None = None,
                    threshold_box: float | None = None, text_post: bool | None = None, box_post: bool | None = None,
-                   box_refine: str | None = None, text_refine: str | None = None,
+                   box_refine: str | None = None, text_refine: str | None = None, box_contest: bool | None = None,
                    images: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
     """Both modes at one threshold each (default: the model's locked ones) -> the report dict."""
     cfg = model.config
@@ -156,17 +162,18 @@ def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, t
     box_post = cfg.postprocess_box if box_post is None else box_post
     box_refine = cfg.refine_box if box_refine is None else box_refine
     text_refine = cfg.refine_text if text_refine is None else text_refine
+    box_contest = cfg.box_contest if box_contest is None else box_contest
     started = time.perf_counter()
     text, box = run_tallies(model, bench, image_ids, text_thresholds=(t_text,), box_thresholds=(t_box,),
                             text_post=text_post, box_post=box_post, box_refine=box_refine, text_refine=text_refine,
-                            images=images)
+                            box_contest=box_contest, images=images)
     text_summary, box_summary = text.summary(t_text), box.summary(t_box)
     return {
         "miou": text_summary["miou"], "dice": text_summary["dice"], "box_iou": box_summary["box_iou"],
         "per_label": text_summary["per_label"],
         "text": text_summary, "box": box_summary,
         "thresholds": {"text": t_text, "box": t_box}, "postprocess": {"text": text_post, "box": box_post},
-        "refine_box": box_refine, "refine_text": text_refine,
+        "refine_box": box_refine, "refine_text": text_refine, "box_contest": box_contest,
         "images": len(image_ids), "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -73,6 +73,7 @@ class SegConfig:
     postprocess_box: bool = False  # connected-component / morphology clean-up, on when validation says it helps
     postprocess_text: bool = False
     refine_box: str = "none"  # "grabcut": box masks re-cut by GrabCut seeded with the probabilities (on validation's say)
+    box_contest: bool = False  # overlapping box prompts compete for pixels (predict.contest_overlaps; validation's say)
     refine_text: str = "none"  # "boxes": each region of a text mask segmented again as a box prompt (validation's say)
     flip_tta_text: bool = False  # average with the mirrored photo (chosen on validation)
     flip_tta_box: bool = False
@@ -236,9 +237,11 @@ class SegModel:
 
     @property
     def model_id(self) -> str:
-        """``learned:<sha256 prefix>``, plus the box refinement when one is on (it changes every mask)."""
+        """``learned:<sha256 prefix>``, plus the box refinement when one is on (it changes every mask) and
+        ``+contest`` when overlapping boxes compete (it changes the masks of photos with several boxes)."""
         refine = "" if self.config.refine_box == "none" else f"+{self.config.refine_box}"
-        return f"learned:{self.sha256[:12]}{refine}"
+        contest = "+contest" if self.config.box_contest else ""
+        return f"learned:{self.sha256[:12]}{refine}{contest}"
 
 
 def load_model_dir(path: Path | str | None, device: str = "cpu") -> SegModel:

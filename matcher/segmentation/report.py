@@ -168,6 +168,9 @@ def markdown_report(data: dict[str, Any]) -> str:
     if unrefined:
         lines.append(f"| fine-tuned, box refinement {unrefined['refine_box']} | - | - | - | - | "
                      f"{_fmt(unrefined['box_iou'])} |")
+    uncontested = data.get("test_uncontested")
+    if uncontested:
+        lines.append(f"| fine-tuned, overlapping boxes not competing | - | - | - | - | {_fmt(uncontested['box_iou'])} |")
     text_unrefined = data.get("test_text_unrefined")
     if text_unrefined:
         lines.append(f"| fine-tuned, text refinement none | {_fmt(text_unrefined['miou'])} | "
@@ -194,7 +197,9 @@ def markdown_report(data: dict[str, Any]) -> str:
               f"Post-processing on validation: text {_fmt(post['text']['off'])} off vs {_fmt(post['text']['on'])} on "
               f"-> {'on' if cfg['postprocess_text'] else 'off'}; box {_fmt(post['box']['off'])} off vs "
               f"{_fmt(post['box']['on'])} on -> {'on' if cfg['postprocess_box'] else 'off'}. Box refinement on "
-              f"validation: {refinements(sweep)} -> {cfg.get('refine_box', 'none')}. Text refinement on validation: "
+              f"validation: {refinements(sweep)} -> {cfg.get('refine_box', 'none')}. Overlapping boxes competing on "
+              f"validation: {refinements(sweep, 'contest_val')} -> {_on(cfg.get('box_contest', False))}. "
+              "Text refinement on validation: "
               f"{refinements(sweep, 'text_refine_val')} -> {cfg.get('refine_text', 'none')}.", "",
               "## Speed and size", "",
               f"- inference: {timing['text_ms_per_image']:.0f} ms per photo (text prompt), "
@@ -210,7 +215,7 @@ def markdown_report(data: dict[str, Any]) -> str:
 
 def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
     """'none 0.842, grabcut 0.862': the validation score per refinement (box IoU, or text mIoU for
-    ``key="text_refine_val"``)."""
+    ``key="text_refine_val"``; box IoU per 'off' / 'on' for ``key="contest_val"``)."""
     return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get(key) or {}).items()) or "not measured"
 
 
@@ -229,8 +234,9 @@ def model_card(data: dict[str, Any]) -> str:
            "reports them apart)" if data["labels_left_out"] else ""),
         f"- thresholds (locked on the validation split): text {cfg['threshold_text']}, box {cfg['threshold_box']}; "
         f"post-processing text {_on(cfg['postprocess_text'])}, box {_on(cfg['postprocess_box'])}; box refinement "
-        f"{cfg.get('refine_box', 'none')}; text refinement {cfg.get('refine_text', 'none')}; mirror averaging "
-        f"text {_on(cfg['flip_tta_text'])}, box {_on(cfg['flip_tta_box'])}",
+        f"{cfg.get('refine_box', 'none')}; overlapping boxes competing {_on(cfg.get('box_contest', False))}; text "
+        f"refinement {cfg.get('refine_text', 'none')}; mirror averaging text {_on(cfg['flip_tta_text'])}, box "
+        f"{_on(cfg['flip_tta_box'])}",
         f"- inputs: box crops {cfg['box_size']} px (box + {cfg['box_margin']:.0%} margin), photos at long side "
         f"{cfg['text_long_side']} px", "",
         "## Training data", "",
@@ -260,8 +266,18 @@ def unrefined_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str
     """Box IoU on the test split without the locked box refinement (the report shows what it adds)."""
     cfg = model.config
     _, box = run_tallies(model, bench, test_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
-                         box_post=cfg.postprocess_box, box_refine="none", images=images)
+                         box_post=cfg.postprocess_box, box_refine="none", box_contest=cfg.box_contest, images=images)
     return {"refine_box": "none", "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
+
+
+def uncontested_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any] | None:
+    """Box IoU on the test split with overlapping boxes not competing (None when they do not compete anyway)."""
+    cfg = model.config
+    if not cfg.box_contest:
+        return None
+    _, box = run_tallies(model, bench, test_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
+                         box_post=cfg.postprocess_box, box_refine=cfg.refine_box, images=images)
+    return {"box_contest": False, "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
 
 
 def unrefined_text(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any]:
@@ -292,6 +308,7 @@ def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any]
         "model_id": model.model_id, "dataset": str(bench.root), "split_sizes": {k: len(v) for k, v in split.items()},
         "split": split, "config": json.loads(cfg.to_json()), "test": test, "test_other_postprocess": other,
         "test_other_refine": unrefined, "test_text_unrefined": text_unrefined,
+        "test_uncontested": uncontested_boxes(model, bench, split["test"], images),
         "untrained": untrained, "classical": classical, "sweep": ctx["sweep"],
         "history": asdict(ctx["history"]), "timing": inference_timing(model, bench, split["test"], images),
         "weights_mb": (Path(model.path) / WEIGHTS_FILE).stat().st_size / 1e6,
@@ -321,22 +338,27 @@ def calibration_markdown(data: dict[str, Any]) -> str:
     """The '## Calibration' section of ``matcher seg calibrate`` (report/calibration.md and the model card)."""
     cfg, before, sweep, test = data["config"], data["before"], data["sweep"], data["test"]
     keys = ("threshold_text", "threshold_box", "flip_tta_text", "flip_tta_box", "postprocess_text",
-            "postprocess_box", "refine_box", "refine_text")
-    changed = [f"{k} {before.get(k, 'none')} -> {cfg[k]}" for k in keys if before.get(k, "none") != cfg[k]]
+            "postprocess_box", "refine_box", "box_contest", "refine_text")
+    old = {k: before.get(k, False if k == "box_contest" else "none") for k in keys}
+    changed = [f"{k} {old[k]} -> {cfg[k]}" for k in keys if old[k] != cfg[k]]
     unrefined, text_unrefined = data.get("test_unrefined"), data.get("test_text_unrefined")
+    uncontested = data.get("test_uncontested")
     return "\n".join([
         "## Calibration", "",
         f"Re-locked on the validation split of `{data['dataset']}` (seed {data['seed']}) by "
         f"`matcher seg calibrate {data['dataset']} --model MODEL_DIR`; the weights are unchanged.", "",
         f"- changed: {', '.join(changed) or 'nothing'}",
         f"- box refinement on validation (box IoU): {refinements(sweep)} -> {cfg['refine_box']}",
+        f"- overlapping boxes competing on validation (box IoU): {refinements(sweep, 'contest_val')} -> "
+        f"{_on(cfg['box_contest'])}",
         f"- text refinement on validation (text mIoU): {refinements(sweep, 'text_refine_val')} -> "
         f"{cfg.get('refine_text', 'none')}",
         f"- test split now: text mIoU {_fmt(test['miou'])}, Dice {_fmt(test['dice'])}"
         + (f" (without the refinement {_fmt(text_unrefined['miou'])} / {_fmt(text_unrefined['dice'])})"
            if text_unrefined else "")
         + f"; box IoU {_fmt(test['box_iou'])}"
-        + (f" (without the refinement {_fmt(unrefined['box_iou'])})" if unrefined else ""), "",
+        + (f" (without the refinement {_fmt(unrefined['box_iou'])})" if unrefined else "")
+        + (f" (boxes not competing {_fmt(uncontested['box_iou'])})" if uncontested else ""), "",
         *calibrated_per_label(test, text_unrefined)])
 
 

@@ -2,9 +2,9 @@
 
 Protocol: image-id split 70/15/15 (seed 42, every label in every split where possible); training
 on the train split only; early stopping on the validation split (the mean of text-mode mIoU and
-box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and text refinement on/off) are chosen on the
-validation split and locked into config.json *before* the test split is read; the test report
-compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
+box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and text refinement, competing
+overlapping boxes on/off) are chosen on the validation split and locked into config.json *before* the
+test split is read; the test report compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
 
 Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops (real instances, and, with
 ``paste_share``, copy-paste composites of catalog cutouts: ``paste.py``); text batches train the label
@@ -394,6 +394,7 @@ def sweep_thresholds(model: SegModel, bench: Bench, val_ids: Sequence[int], imag
     cfg.postprocess_text = (post["text"]["on"] or 0) > (post["text"]["off"] or 0)
     cfg.postprocess_box = (post["box"]["on"] or 0) > (post["box"]["off"] or 0)
     cfg.refine_box, refine = choose_box_refinement(model, bench, val_ids, images, post["box"])
+    cfg.box_contest, contest = choose_box_contest(model, bench, val_ids, images, refine[cfg.refine_box])
     cfg.refine_text, text_refine = choose_text_refinement(model, bench, val_ids, images, post["text"])
     return {"text": {f"{'mirror ' if k[0] else ''}{k[1]}": {"miou": r["miou"], "dice": r["dice"],
                                                            "false_alarm_rate": r["false_alarm_rate"]}
@@ -402,6 +403,7 @@ def sweep_thresholds(model: SegModel, bench: Bench, val_ids: Sequence[int], imag
             "chosen": {"text": t_text, "box": t_box, "mirror_text": tta_text, "mirror_box": tta_box},
             "postprocess_val": post, "postprocess_locked": {"text": cfg.postprocess_text, "box": cfg.postprocess_box},
             "refine_val": refine, "refine_locked": cfg.refine_box,
+            "contest_val": contest, "contest_locked": cfg.box_contest,
             "text_refine_val": text_refine, "text_refine_locked": cfg.refine_text}
 
 
@@ -416,6 +418,17 @@ def choose_box_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int],
                              box_post=cfg.postprocess_box, box_refine=refine, images=images)
         scores[refine] = box.summary(cfg.threshold_box)["box_iou"]
     return max(scores, key=lambda k: scores[k] or 0.0), scores
+
+
+def choose_box_contest(model: SegModel, bench: Bench, val_ids: Sequence[int], images: ImageCache,
+                       without: float | None) -> tuple[bool, dict[str, float | None]]:
+    """Box IoU on validation with overlapping boxes competing for pixels (predict.contest_overlaps) against
+    ``without`` (the locked settings' score); on only if it helps, and the figures."""
+    cfg = model.config
+    _, box = run_tallies(model, bench, val_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
+                         box_post=cfg.postprocess_box, box_refine=cfg.refine_box, box_contest=True, images=images)
+    scores = {"off": without, "on": box.summary(cfg.threshold_box)["box_iou"]}
+    return (scores["on"] or 0.0) > (scores["off"] or 0.0), scores
 
 
 def choose_text_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int], images: ImageCache,
@@ -476,7 +489,8 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     cfg = model.config
     report(f"locked on validation: text threshold {cfg.threshold_text} (mirror {_on(cfg.flip_tta_text)}, "
            f"post-processing {_on(cfg.postprocess_text)}), box threshold {cfg.threshold_box} (mirror "
-           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)}, refinement {cfg.refine_box}); "
+           f"{_on(cfg.flip_tta_box)}, post-processing {_on(cfg.postprocess_box)}, refinement {cfg.refine_box}, "
+           f"overlapping boxes competing {_on(cfg.box_contest)}); "
            f"text refinement {cfg.refine_text}")
     model.config.extra = {"training": {**asdict(opts), "dataset": str(dataset), "split_sizes":
                                        {k: len(v) for k, v in split.items()}}}
@@ -493,10 +507,10 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
 def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
                         report: Callable[[str], None] = print) -> dict[str, Any]:
     """Re-run the validation sweep of training for an existing model (weights untouched): thresholds, mirror
-    averaging, post-processing and box refinement are locked again into config.json, then the test split
+    averaging, post-processing, box refinement and box competition are locked again into config.json, then the test split
     is scored.  For a model trained before a new option existed, or data re-split with the same seed."""
     from .model import CARD_FILE, CONFIG_FILE, load_model_dir
-    from .report import REPORT_DIR, calibration_markdown, unrefined_boxes, unrefined_text
+    from .report import REPORT_DIR, calibration_markdown, uncontested_boxes, unrefined_boxes, unrefined_text
 
     model = load_model_dir(model_dir)
     seed = model.config.training_seed
@@ -511,7 +525,8 @@ def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
     text_unrefined = unrefined_text(model, bench, split["test"], images) if model.config.refine_text != "none" else None
     data = {"model_id": model.model_id, "dataset": str(dataset), "seed": seed, "before": before,
             "config": json.loads(model.config.to_json()), "sweep": sweep, "test": test, "test_unrefined": unrefined,
-            "test_text_unrefined": text_unrefined}
+            "test_text_unrefined": text_unrefined,
+            "test_uncontested": uncontested_boxes(model, bench, split["test"], images)}
     text = calibration_markdown(data)
     (folder / REPORT_DIR).mkdir(exist_ok=True)
     (folder / REPORT_DIR / "calibration.md").write_text(text)

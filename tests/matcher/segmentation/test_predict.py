@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.segmentation.predict import (clean_box_mask, clean_text_mask, clip_to_box, paste, segment_boxes,
+from matcher.segmentation.predict import (CONTEST_SCALE, box_mask, box_probabilities, clean_box_mask,
+                                          clean_text_mask, clip_to_box, contest_overlaps, paste, segment_boxes,
                                           segment_prompt)
 
 from .conftest import tiny_model
@@ -220,3 +221,68 @@ def test_unknown_text_refinement_is_refused():
 
     with pytest.raises(ValueError, match="refine_text"):
         SegConfig(labels=["chair"], refine_text="magic")
+
+
+def two_claims(own: float, theirs: float):
+    """Box A (0..40 x 0..20) and box B (30..60 x 0..20) overlapping on x 30..40; A's crop says ``own`` everywhere,
+    B's says ``theirs``; windows are the boxes themselves."""
+    a, b = (0, 0, 40, 20), (30, 0, 60, 20)
+    return [(a, np.full((20, 40), own, np.float32)), (b, np.full((20, 30), theirs, np.float32))], [a, b]
+
+
+def test_contest_the_more_confident_box_takes_the_shared_pixels():
+    prompts, boxes = two_claims(own=0.8, theirs=0.99)
+    (_, a), (_, b) = contest_overlaps(prompts, boxes, threshold=0.5)
+    assert np.allclose(a[:, 30:], 0.8 * CONTEST_SCALE) and np.allclose(a[:, :30], 0.8)  # only the overlap is lost
+    assert np.allclose(b, 0.99)  # the winner keeps everything
+    assert np.allclose(prompts[0][1], 0.8)  # the input is not changed
+
+
+def test_contest_a_claim_under_the_threshold_takes_nothing():
+    prompts, boxes = two_claims(own=0.2, theirs=0.45)
+    (_, a), (_, b) = contest_overlaps(prompts, boxes, threshold=0.5)
+    assert np.allclose(a, 0.2) and np.allclose(b, 0.45)
+
+
+def test_contest_a_box_nested_in_another_keeps_its_pixels():
+    table, vase = (0, 0, 60, 40), (20, 5, 30, 20)  # the vase's box lies inside the table's
+    prompts = [(table, np.full((40, 60), 0.9, np.float32)), (vase, np.full((15, 10), 0.8, np.float32))]
+    (_, t), (_, v) = contest_overlaps(prompts, [table, vase], threshold=0.5)
+    assert np.allclose(v, 0.8)  # the table's surer claim does not take the vase
+    assert np.allclose(t, 0.9)  # and the vase's weaker claim does not take the table
+    prompts[1] = (vase, np.full((15, 10), 0.95, np.float32))
+    (_, t), _ = contest_overlaps(prompts, [table, vase], threshold=0.5)
+    assert np.allclose(t[5:20, 20:30], 0.9 * CONTEST_SCALE) and np.isclose(t[0, 0], 0.9)
+
+
+def test_contest_near_duplicate_boxes_do_not_compete():
+    one, two = (0, 0, 40, 20), (1, 0, 41, 20)  # the same object boxed twice (IoU 0.95)
+    prompts = [(one, np.full((20, 40), 0.7, np.float32)), (two, np.full((20, 40), 0.9, np.float32))]
+    (_, a), (_, b) = contest_overlaps(prompts, [one, two], threshold=0.5)
+    assert np.allclose(a, 0.7) and np.allclose(b, 0.9)
+
+
+def test_segment_boxes_applies_the_configured_contest(model):
+    import copy
+    import dataclasses
+
+    contested = copy.copy(model)
+    contested.config = dataclasses.replace(model.config, box_contest=True)
+    assert contested.model_id.endswith("+contest") and "+contest" not in model.model_id
+    image = photo(64, 64)
+    boxes = [(4, 4, 44, 44), (24, 20, 62, 60)]  # overlapping, neither inside the other
+    probs = box_probabilities(model, image, boxes)
+    # A threshold both crops clear over most of their shared pixels, so that the contest decides them.
+    threshold = float(np.quantile(paste(*probs[0], (64, 64))[24:44, 24:44], 0.2))
+    plain = segment_boxes(image, boxes, model, threshold=threshold)
+    same = segment_boxes(image, boxes, contested, threshold=threshold, contest=False)
+    fought = segment_boxes(image, boxes, contested, threshold=threshold)
+    assert all((p.mask == s.mask).all() for p, s in zip(plain, same))
+    expected = [box_mask(w, p, box, (64, 64), threshold, False)[0]
+                for box, (w, p) in zip(boxes, contest_overlaps(probs, boxes, threshold))]
+    assert all(((f.mask > 0) == e).all() for f, e in zip(fought, expected))
+    # Without refinement the contest only takes pixels away, and here it does take some.
+    assert all(not ((f.mask > 0) & ~(p.mask > 0)).any() for f, p in zip(fought, plain))
+    assert sum(int((p.mask > 0).sum() - (f.mask > 0).sum()) for f, p in zip(fought, plain)) > 0
+    alone = segment_boxes(image, boxes[:1], contested, threshold=threshold)[0]
+    assert (alone.mask == segment_boxes(image, boxes[:1], model, threshold=threshold)[0].mask).all()

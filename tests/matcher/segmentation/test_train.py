@@ -145,6 +145,9 @@ def test_calibrate_relocks_a_model_dir_without_touching_its_weights(tiny_bench, 
     assert config["refine_box"] == data["sweep"]["refine_locked"] == max(
         data["sweep"]["refine_val"], key=lambda k: data["sweep"]["refine_val"][k])
     assert config["threshold_box"] == data["sweep"]["chosen"]["box"]
+    contest = data["sweep"]["contest_val"]  # "off" is the locked refinement's score, measured once
+    assert contest["off"] == data["sweep"]["refine_val"][config["refine_box"]]
+    assert config["box_contest"] == data["sweep"]["contest_locked"] == (contest["on"] > contest["off"])
     text_refine = data["sweep"]["text_refine_val"]
     assert set(text_refine) == {"none", "boxes"}
     assert config["refine_text"] == data["sweep"]["text_refine_locked"] == max(text_refine, key=lambda k: text_refine[k])
@@ -154,4 +157,5 @@ def test_calibrate_relocks_a_model_dir_without_touching_its_weights(tiny_bench, 
     calibration = (tiny_model_dir / "report" / "calibration.md").read_text()
     assert "box refinement on validation (box IoU): none" in calibration
     assert "text refinement on validation (text mIoU): none" in calibration
+    assert "overlapping boxes competing on validation (box IoU): off" in calibration
     assert data["model_id"] in lines[-1]
