@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..cutout import mask_bbox
-from .data import (Augment, Bench, box_sample, decode_mask, load_rgb, mirror, read_bench, read_products, split_bench,
-                   text_canvas, text_sample)
+from .data import (Augment, Bench, boundary_weights, box_sample, decode_mask, load_rgb, mirror, read_bench,
+                   read_products, split_bench, text_canvas, text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
 from .labels import known_labels
 from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
@@ -67,6 +67,8 @@ class TrainOptions:
     text_head: str = "sigmoid"  # label channels: "sigmoid" (one BCE + Dice per label) or "softmax" (labels compete)
     text_label_weight: float = 2.0  # loss weight of label pixels against background pixels
     box_pos_weight: float = 1.0
+    boundary_weight: float = 0.0  # box samples: extra loss weight of pixels near the object's outline; 0: off
+    boundary_px: int = 3  # ... within this many pixels of it (at the box crop's size)
     freeze_blocks: int = 2  # stem + first blocks stay ImageNet: their backward at high resolution is most of the cost
     max_train_minutes: float | None = 20.0  # safety net on slow machines; the report says when it stopped training
     device: str = "auto"
@@ -148,7 +150,7 @@ def box_item(item: tuple[int, int], bench: Bench, images: ImageCache, opts: Trai
     x, y, w, h = inst.bbox
     crop, target = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), opts.box_size,
                               opts.box_margin, rng, augment)
-    return crop, target[None], np.ones((1, *target.shape), np.float32)
+    return crop, target[None], boundary_weights(target, opts.boundary_weight, opts.boundary_px)[None]
 
 
 def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, augment):
@@ -162,7 +164,7 @@ def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, aug
         if box is not None:
             break
     crop, truth = box_sample(image, mask, box.xyxy(), opts.box_size, opts.box_margin, rng, augment)
-    return crop, truth[None], np.ones((1, *truth.shape), np.float32)
+    return crop, truth[None], boundary_weights(truth, opts.boundary_weight, opts.boundary_px)[None]
 
 
 def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels: Sequence[str], opts: TrainOptions,
@@ -189,7 +191,8 @@ def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels
 
 
 def soft_dice(prob, truth, weight):
-    """Mean soft Dice loss over the (sample, channel) pairs whose truth has a positive pixel."""
+    """Mean soft Dice loss over the (sample, channel) pairs whose truth has a positive pixel; ``weight`` in
+    [0, 1] (an ignore mask: weights over 1 would push the loss under 0)."""
     prob, truth = prob * weight, truth * weight
     inter = (prob * truth).sum(dim=(-2, -1))
     denom = prob.sum(dim=(-2, -1)) + truth.sum(dim=(-2, -1))
@@ -198,15 +201,17 @@ def soft_dice(prob, truth, weight):
     return dice.mean() if dice.numel() else prob.sum() * 0.0
 
 
-def box_loss(logits, target, weight, pos_weight: float = 1.0):
-    """Box channel: weighted BCE (ignore pixels weigh 0, positives ``pos_weight``) + soft Dice."""
+def box_loss(logits, target, weight, pos_weight: float = 1.0, dice_weight=None):
+    """Box channel: weighted BCE (ignore pixels weigh 0, positives ``pos_weight``) + soft Dice over the
+    pixels ``dice_weight`` (default ``weight``) keeps; Dice takes weights in [0, 1] only (see soft_dice)."""
     import torch
 
     weight = weight.expand_as(target)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, target, weight=weight, pos_weight=torch.tensor(pos_weight, device=logits.device),
         reduction="sum") / weight.sum().clamp_min(1.0)
-    return bce + soft_dice(torch.sigmoid(logits), target, weight)
+    dice_weight = weight if dice_weight is None else dice_weight.expand_as(target)
+    return bce + soft_dice(torch.sigmoid(logits), target, dice_weight)
 
 
 def text_loss(logits, targets, weight, label_weight: float = 2.0):
@@ -278,7 +283,9 @@ def train_step(net, batch, optimizer, scheduler, scaler, opts: TrainOptions, dev
         logits = net(x)
     logits = logits.float()
     if kind in ("box", "paste"):
-        loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight)
+        # Boundary weights (over 1) weigh the BCE only: the Dice term keeps every pixel of the crop at 1.
+        dice_weight = torch.ones_like(weight) if opts.boundary_weight > 0 else None
+        loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight, dice_weight)
     elif opts.text_head == "sigmoid":  # one weighted BCE + Dice per label, as for the box channel
         loss = box_loss(logits[:, 1:], target, weight, opts.text_label_weight)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.segmentation.data import (Augment, NotABenchError, box_sample, decode_mask, load_rgb, read_bench,
+from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, decode_mask, load_rgb, read_bench,
                                        split_bench, split_image_ids, text_canvas, text_sample)
 
 
@@ -90,3 +90,16 @@ def test_photometric_augmentation_keeps_uint8_images():
     crop = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     out = transform(crop, np.random.default_rng(0))
     assert out.dtype == np.uint8 and out.shape == (32, 32, 3) and not np.array_equal(out, crop)
+
+
+def test_boundary_weights_mark_a_band_around_the_outline():
+    target = np.zeros((40, 40), np.float32)
+    target[10:30, 10:30] = 1.0
+    weights = boundary_weights(target, extra=2.0, width=3)
+    assert weights[20, 20] == 1.0 and weights[0, 0] == 1.0  # the bulk of the object and the open backdrop
+    assert weights[20, 10] == 3.0 and weights[20, 8] == 3.0 and weights[20, 12] == 3.0  # the edge, both sides
+    assert weights[20, 5] == 1.0 and weights[20, 15] == 1.0  # out of the band
+    leg = np.zeros((40, 40), np.float32)
+    leg[5:35, 19:21] = 1.0  # a 2-pixel leg lies wholly in the band
+    assert (boundary_weights(leg, 2.0, 3)[leg > 0] == 3.0).all()
+    assert (boundary_weights(target, 0.0, 3) == 1.0).all()

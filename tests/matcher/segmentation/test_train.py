@@ -31,6 +31,28 @@ def test_box_loss_ignores_weighted_out_pixels_and_rewards_the_truth():
     half_wrong = good.clone()
     half_wrong[..., 4:, :] = 10
     assert float(box_loss(half_wrong, target, weight)) < 0.01
+    heavy = torch.ones(1, 1, 8, 8)
+    heavy[..., 3:5, :] = 3.0  # boundary weights: the BCE's only, the Dice term keeps weight 1
+    assert 0.0 <= float(box_loss(good, target, heavy, dice_weight=torch.ones_like(heavy))) < 0.01
+    assert float(box_loss(bad, target, heavy, dice_weight=torch.ones_like(heavy))) > 1.0
+
+
+def test_boundary_weight_reaches_the_box_samples_weights(tiny_bench):
+    bench = read_bench(tiny_bench)
+    split = split_bench(bench)
+    items = plan_epoch(bench, split["train"], np.random.default_rng(0), TrainOptions(**TINY))
+    box_items = next(items for kind, items in items if kind == "box")
+    weights = {}
+    for extra in (0.0, 2.0):
+        opts = TrainOptions(**TINY, boundary_weight=extra)
+        _, targets, weights[extra] = build_batch("box", box_items, bench, ImageCache(bench), TINY_LABELS, opts,
+                                                 np.random.default_rng(0), Augment(enabled=False),
+                                                 lambda crop, _rng: crop)
+    assert (weights[0.0] == 1.0).all()
+    assert set(np.unique(weights[2.0])) == {1.0, 3.0}
+    near_edge = weights[2.0] == 3.0
+    assert (targets[near_edge] >= 0.5).any() and (targets[near_edge] < 0.5).any()  # both sides of the outline
+    assert (targets[~near_edge] >= 0.5).any()  # the bulk of the object keeps weight 1
 
 
 def test_text_loss_makes_labels_compete():
