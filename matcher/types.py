@@ -57,10 +57,14 @@ class Box:
         """Row and column slices covering the box (rounded outwards)."""
         return (slice(int(np.floor(self.y0)), int(np.ceil(self.y1))), slice(int(np.floor(self.x0)), int(np.ceil(self.x1))))
 
-    def iou(self, other: "Box") -> float:
+    def intersection(self, other: "Box") -> float:
+        """Area of the overlap (0 when the boxes do not meet)."""
         ix = max(0.0, min(self.x1, other.x1) - max(self.x0, other.x0))
         iy = max(0.0, min(self.y1, other.y1) - max(self.y0, other.y0))
-        inter = ix * iy
+        return ix * iy
+
+    def iou(self, other: "Box") -> float:
+        inter = self.intersection(other)
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..grabcut import OBJECT_LABELS, grabcut_labels
 from ..imageio import as_rgb8
 from ..parallel import thread_map
+from ..types import Box
 from .data import PAD_RGB, box_window, crop_window, resize_to, text_canvas
 from .model import SegModel
 
@@ -121,24 +122,18 @@ def box_probabilities(model: SegModel, image: np.ndarray, boxes_xyxy: Sequence[S
     return out
 
 
-def box_iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
-    return _intersection(a, b) / max(1e-9, _area(a) + _area(b) - _intersection(a, b))
-
-
-def _area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
-    return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-
-
 def competes(box: Sequence[float], other: Sequence[float]) -> bool:
     """Whether ``other``'s object may take pixels from ``box``'s: not a near-duplicate box (the same object
     twice), and ``box`` not nested in ``other`` (a vase on a table, a chair in front of a wardrobe: the inner
     box's object is the one in front, and the outer crop sees it as part of its object)."""
-    return (box_iou_xyxy(box, other) < CONTEST_DUPLICATE_IOU
-            and _intersection(box, other) < CONTEST_NESTED_SHARE * max(1e-9, _area(box)))
+    mine, theirs = Box(*box), Box(*other)
+    return (mine.iou(theirs) < CONTEST_DUPLICATE_IOU
+            and mine.intersection(theirs) < CONTEST_NESTED_SHARE * max(1e-9, mine.area))
+
+
+def _overlap_slices(window: tuple[int, int, int, int], x0: int, y0: int, x1: int, y1: int) -> tuple[slice, slice]:
+    """Rows and columns of the photo region (x0, y0, x1, y1) inside a window's own array."""
+    return slice(y0 - window[1], y1 - window[1]), slice(x0 - window[0], x1 - window[0])
 
 
 WindowProbs = tuple[tuple[int, int, int, int], np.ndarray]  # a box crop's window in photo pixels, its probabilities
@@ -167,10 +162,11 @@ def contest_overlaps(prompts: Sequence[WindowProbs], boxes_xyxy: Sequence[Sequen
             x1, y1 = min(window[2], other_window[2]), min(window[3], other_window[3])
             if x1 <= x0 or y1 <= y0:
                 continue
-            own = probs[y0 - window[1]:y1 - window[1], x0 - window[0]:x1 - window[0]]
-            theirs = other_probs[y0 - other_window[1]:y1 - other_window[1], x0 - other_window[0]:x1 - other_window[0]]
+            here = _overlap_slices(window, x0, y0, x1, y1)
+            there = _overlap_slices(other_window, x0, y0, x1, y1)
+            own, theirs = probs[here], other_probs[there]
             lost = (theirs >= threshold) & (theirs > own)
-            scaled[y0 - window[1]:y1 - window[1], x0 - window[0]:x1 - window[0]][lost] = own[lost] * CONTEST_SCALE
+            scaled[here][lost] = own[lost] * CONTEST_SCALE
         out.append((window, scaled))
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .data import Bench, decode_mask
 from .evaluate import evaluate_model, iou_and_dice, run_tallies
-from .model import CARD_FILE, WEIGHTS_FILE, SegModel
+from .model import CARD_FILE, WEIGHTS_FILE, SegConfig, SegModel
 from .predict import label_mask, segment_boxes, segment_prompt, text_probabilities
 
 REPORT_DIR = "report"
@@ -290,8 +291,6 @@ def unrefined_text(model: SegModel, bench: Bench, test_ids, images) -> dict[str,
 
 def write_test_report(model: SegModel, test: dict[str, Any], ctx: dict[str, Any],
                       report: Callable[[str], None]) -> dict[str, Any]:
-    from dataclasses import asdict
-
     bench, images, opts, split = ctx["bench"], ctx["images"], ctx["opts"], ctx["split"]
     cfg = model.config
     folder = Path(model.path) / REPORT_DIR
@@ -339,7 +338,8 @@ def calibration_markdown(data: dict[str, Any]) -> str:
     cfg, before, sweep, test = data["config"], data["before"], data["sweep"], data["test"]
     keys = ("threshold_text", "threshold_box", "flip_tta_text", "flip_tta_box", "postprocess_text",
             "postprocess_box", "refine_box", "box_contest", "refine_text")
-    old = {k: before.get(k, False if k == "box_contest" else "none") for k in keys}
+    defaults = {f.name: f.default for f in fields(SegConfig)}  # what a config from before a key existed meant
+    old = {k: before.get(k, defaults[k]) for k in keys}
     changed = [f"{k} {old[k]} -> {cfg[k]}" for k in keys if old[k] != cfg[k]]
     unrefined, text_unrefined = data.get("test_unrefined"), data.get("test_text_unrefined")
     uncontested = data.get("test_uncontested")

@@ -201,17 +201,16 @@ def soft_dice(prob, truth, weight):
     return dice.mean() if dice.numel() else prob.sum() * 0.0
 
 
-def box_loss(logits, target, weight, pos_weight: float = 1.0, dice_weight=None):
-    """Box channel: weighted BCE (ignore pixels weigh 0, positives ``pos_weight``) + soft Dice over the
-    pixels ``dice_weight`` (default ``weight``) keeps; Dice takes weights in [0, 1] only (see soft_dice)."""
+def box_loss(logits, target, weight, pos_weight: float = 1.0):
+    """Box channel: weighted BCE (ignore pixels weigh 0, positives ``pos_weight``, boundary pixels more) +
+    soft Dice over the pixels not ignored (weights capped at 1: Dice takes an ignore mask, see soft_dice)."""
     import torch
 
     weight = weight.expand_as(target)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, target, weight=weight, pos_weight=torch.tensor(pos_weight, device=logits.device),
         reduction="sum") / weight.sum().clamp_min(1.0)
-    dice_weight = weight if dice_weight is None else dice_weight.expand_as(target)
-    return bce + soft_dice(torch.sigmoid(logits), target, dice_weight)
+    return bce + soft_dice(torch.sigmoid(logits), target, weight.clamp(max=1.0))
 
 
 def text_loss(logits, targets, weight, label_weight: float = 2.0):
@@ -283,9 +282,7 @@ def train_step(net, batch, optimizer, scheduler, scaler, opts: TrainOptions, dev
         logits = net(x)
     logits = logits.float()
     if kind in ("box", "paste"):
-        # Boundary weights (over 1) weigh the BCE only: the Dice term keeps every pixel of the crop at 1.
-        dice_weight = torch.ones_like(weight) if opts.boundary_weight > 0 else None
-        loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight, dice_weight)
+        loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight)
     elif opts.text_head == "sigmoid":  # one weighted BCE + Dice per label, as for the box channel
         loss = box_loss(logits[:, 1:], target, weight, opts.text_label_weight)
     else:
