@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,18 @@ def main() -> int:
                         help="Skip the scenes the shipped learned segmenter was trained on (when DATASET is its "
                              "training set: the quality figures then judge it on photos it never saw).")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-query-") as scratch:  # removed however the run ends
+        return run(args, Path(scratch))
+
+
+def run(args: argparse.Namespace, scratch: Path) -> int:
     coco = json.loads((args.dataset / "scenes" / "instances.json").read_text())
     anns: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
         anns.setdefault(ann["image_id"], []).append(ann)
     configs = {name: CONFIGS[name] for name in args.configs}
     if "uncontested" in configs:
-        configs["uncontested"] = {**configs["uncontested"], "seg_model_dir": uncontested_model_dir()}
+        configs["uncontested"] = {**configs["uncontested"], "seg_model_dir": uncontested_model_dir(scratch)}
     engines = {name: QueryEngine(Settings(**overrides)) for name, overrides in configs.items()}
     times = {name: {stage: [] for stage in STAGES + ("total",)} for name in configs}
     quality = {name: {"iou": [], "bf1": [], "rank": []} for name in configs}
@@ -86,13 +92,12 @@ def main() -> int:
     return 0
 
 
-def uncontested_model_dir() -> Path:
-    """The shipped learned model with ``box_contest`` off: its weights linked into a temporary folder."""
-    import tempfile
-
+def uncontested_model_dir(scratch: Path) -> Path:
+    """The shipped learned model with ``box_contest`` off: its weights linked into a folder under ``scratch``."""
     from matcher.segmentation.model import CONFIG_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE
 
-    folder = Path(tempfile.mkdtemp(prefix="uncontested-model-"))
+    folder = scratch / "uncontested-model"
+    folder.mkdir()
     config = json.loads((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
     (folder / CONFIG_FILE).write_text(json.dumps({**config, "box_contest": False}, indent=2))
     (folder / WEIGHTS_FILE).symlink_to(DEFAULT_MODEL_DIR / WEIGHTS_FILE)
