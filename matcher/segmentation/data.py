@@ -236,6 +236,7 @@ class Augment:
 
     enabled: bool = True
     box_jitter: float = 0.05  # std of each box edge's shift, share of the box size (detector-like boxes)
+    box_jitter_p: float = 1.0  # share of box samples jittered; the others keep the exact box (annotations, tight detectors)
     min_scale: float = 0.6  # text samples: the crop keeps at least this share of each side
     full_view_p: float = 0.3  # text samples: probability of the whole photo, as at inference
     flip_p: float = 0.5
@@ -279,7 +280,8 @@ def jitter_box(box_xyxy: Sequence[float], rng: np.random.Generator, amount: floa
 def box_sample(image: np.ndarray, mask: np.ndarray, box_xyxy: Sequence[float], size: int, margin: float,
                rng: np.random.Generator | None = None, augment: Augment | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(RGB crop size x size, float target size x size) for one box prompt."""
-    if augment is not None and augment.enabled and rng is not None:
+    if augment is not None and augment.enabled and rng is not None and (
+            augment.box_jitter_p >= 1.0 or rng.random() < augment.box_jitter_p):  # no draw at 1: same stream as before
         box_xyxy = jitter_box(box_xyxy, rng, augment.box_jitter)
     window = box_window(box_xyxy, margin)
     crop = resize_to(crop_window(image, window, PAD_RGB), (size, size))

@@ -229,6 +229,8 @@ def reproduce_command(train: dict[str, Any]) -> str:
         options.append(f"--paste-share {train['paste_share']:g}")
     if train.get("boundary_weight"):
         options.append(f"--boundary-weight {train['boundary_weight']:g}")
+    if train.get("box_jitter_p", 1.0) < 1.0:
+        options.append(f"--box-jitter-p {train['box_jitter_p']:g}")
     return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
 
 

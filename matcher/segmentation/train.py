@@ -70,6 +70,7 @@ class TrainOptions:
     box_pos_weight: float = 1.0
     boundary_weight: float = 0.0  # box samples: extra loss weight of pixels near the object's outline; 0: off
     boundary_px: int = 3  # ... within this many pixels of it (at the box crop's size)
+    box_jitter_p: float = 1.0  # share of box samples whose box is jittered (the rest keep the exact box)
     freeze_blocks: int = 2  # stem + first blocks stay ImageNet: their backward at high resolution is most of the cost
     max_train_minutes: float | None = 20.0  # safety net on slow machines; the report says when it stopped training
     device: str = "auto"
@@ -331,7 +332,7 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
 
     net, device = model.net, model.device
     rng = np.random.default_rng(opts.seed)
-    augment = Augment()
+    augment = Augment(box_jitter_p=opts.box_jitter_p)
     transform = augment.photometric()
     frozen = freeze_early_layers(net, opts.freeze_blocks)
     pool = paste_pool(bench, split["train"]) if opts.paste_share > 0 else None

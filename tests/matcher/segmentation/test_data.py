@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, decode_mask, load_rgb, read_bench,
-                                       split_bench, split_image_ids, text_canvas, text_sample)
+from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, decode_mask, jitter_box,
+                                       load_rgb, read_bench, split_bench, split_image_ids, text_canvas, text_sample)
 
 
 def test_read_bench_labels_instances_from_the_catalog(tiny_bench):
@@ -69,6 +69,30 @@ def test_box_sample_crops_the_box_with_its_margin(tiny_bench):
     jittered, _ = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1, rng,
                              Augment())
     assert jittered.shape == (32, 32, 3)
+
+
+def test_box_jitter_share_keeps_some_boxes_exact_and_the_default_stream(tiny_bench):
+    bench = read_bench(tiny_bench)
+    scene = bench.scenes[2]
+    inst = scene.instances[0]
+    image = load_rgb(scene.path)
+    mask = decode_mask(inst.rle, *image.shape[:2])
+    x, y, w, h = inst.bbox
+    box = (x, y, x + w, y + h)
+    exact, _ = box_sample(image, mask, box, 32, 0.1)
+    never = [box_sample(image, mask, box, 32, 0.1, np.random.default_rng(s), Augment(box_jitter_p=0.0))[0]
+             for s in range(5)]
+    assert all(np.array_equal(crop, exact) for crop in never)
+    always = [box_sample(image, mask, box, 32, 0.1, np.random.default_rng(s), Augment())[0] for s in range(5)]
+    assert not any(np.array_equal(crop, exact) for crop in always)
+    half = [box_sample(image, mask, box, 32, 0.1, np.random.default_rng(s), Augment(box_jitter_p=0.5))[0]
+            for s in range(40)]
+    assert 5 < sum(np.array_equal(crop, exact) for crop in half) < 35
+    # At the default share of 1 no extra random number is drawn: earlier runs' samples are unchanged.
+    sampled, direct = np.random.default_rng(3), np.random.default_rng(3)
+    box_sample(image, mask, box, 32, 0.1, sampled, Augment())
+    jitter_box(box, direct, Augment().box_jitter)
+    assert sampled.random() == direct.random()
 
 
 def test_text_sample_has_one_channel_per_label_and_the_ignore_region(tiny_bench):

@@ -7,11 +7,11 @@ from matcher.segmentation.report import reproduce_command
 
 def test_reproduce_command_names_only_the_options_a_run_changed():
     run = {"dataset": "../shared/bench/furniture-dev", "seed": 42, "variant": "lite0", "paste_share": 0.0,
-           "boundary_weight": 0.0}
+           "boundary_weight": 0.0, "box_jitter_p": 1.0}
     assert reproduce_command(run) == "matcher seg train ../shared/bench/furniture-dev --out MODEL_DIR --seed 42"
-    changed = {**run, "seed": 7, "variant": "lite1", "paste_share": 0.25, "boundary_weight": 2.0}
+    changed = {**run, "seed": 7, "variant": "lite1", "paste_share": 0.25, "boundary_weight": 2.0, "box_jitter_p": 0.5}
     assert reproduce_command(changed) == ("matcher seg train ../shared/bench/furniture-dev --out MODEL_DIR --seed 7 "
-                                          "--variant lite1 --paste-share 0.25 --boundary-weight 2")
+                                          "--variant lite1 --paste-share 0.25 --boundary-weight 2 --box-jitter-p 0.5")
 
 
 def test_reproduce_command_of_a_model_trained_before_the_options_existed():
