@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matcher.segmentation.predict as predict  # noqa: E402
-from matcher.segmentation.data import load_rgb, read_bench, split_bench  # noqa: E402
+from matcher.segmentation.data import load_rgb, outline_band, read_bench, split_bench  # noqa: E402
 from matcher.segmentation.evaluate import iou_and_dice, scene_truth  # noqa: E402
 from matcher.segmentation.model import SegModel, load_model_dir  # noqa: E402
 from matcher.types import Box  # noqa: E402
@@ -62,16 +61,8 @@ def read_photos(model: SegModel, bench, split: dict[str, list[int]], parts: tupl
 def masks_of(photo: Photo, model: SegModel, refine: str | None = None) -> list[np.ndarray]:
     """The photo's box masks at the model's locked settings (``refine`` overrides its box refinement)."""
     cfg = model.config
-    threshold, refine = cfg.threshold_box, cfg.refine_box if refine is None else refine
-    prompts = predict.contest_overlaps(photo.prompts, photo.boxes, threshold) if cfg.box_contest else photo.prompts
-    return [predict.box_mask(window, probs, box, photo.image.shape[:2], threshold, cfg.postprocess_box, refine,
-                             photo.image)[0] for (window, probs), box in zip(prompts, photo.boxes)]
-
-
-def outline_band(truth: np.ndarray, width: int = OUTLINE_BAND_PX) -> np.ndarray:
-    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
-    inside = truth.astype(np.uint8)
-    return (cv2.dilate(inside, kernel) > 0) & ~(cv2.erode(inside, kernel) > 0)
+    return predict.box_masks(photo.image, photo.prompts, photo.boxes, cfg.threshold_box, cfg.postprocess_box,
+                             cfg.refine_box if refine is None else refine, cfg.box_contest)
 
 
 OVERLAP_KINDS = ["overlaps no other box", "partial overlap", "contains another box", "nested in another box"]
@@ -102,7 +93,7 @@ def instance_rows(photos: list[Photo], model: SegModel) -> list[dict]:
     for photo in photos:
         refined, plain = masks_of(photo, model), masks_of(photo, model, refine="none")
         for k, (truth, mask, rough) in enumerate(zip(photo.truths, refined, plain)):
-            keep = ~outline_band(truth)
+            keep = ~outline_band(truth, OUTLINE_BAND_PX)
             rows.append({"part": photo.part, "image_id": photo.image_id, "sku": photo.skus[k],
                          "area": int(truth.sum()), "iou": iou_and_dice(mask, truth)[0],
                          "iou_unrefined": iou_and_dice(rough, truth)[0],

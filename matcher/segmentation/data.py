@@ -289,16 +289,20 @@ def box_sample(image: np.ndarray, mask: np.ndarray, box_xyxy: Sequence[float], s
     return crop, target
 
 
+def outline_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """Bool map of the pixels within ``width`` pixels of a bool mask's outline, on both sides."""
+    inside = mask.astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    return cv2.dilate(inside, kernel) != cv2.erode(inside, kernel)
+
+
 def boundary_weights(target: np.ndarray, extra: float, width: int) -> np.ndarray:
     """Per-pixel loss weights of a box target: 1, plus ``extra`` within ``width`` pixels of the object's
     outline (both sides), so thin parts and the gaps between them weigh more than the bulk of the object and
     the open backdrop."""
     if extra <= 0 or width <= 0:
         return np.ones(target.shape, np.float32)
-    inside = (target >= 0.5).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
-    band = cv2.dilate(inside, kernel) != cv2.erode(inside, kernel)
-    return (1.0 + extra * band).astype(np.float32)
+    return (1.0 + extra * outline_band(target >= 0.5, width)).astype(np.float32)
 
 
 def text_window(height: int, width: int, rng: np.random.Generator | None, augment: Augment | None):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import Bench, decode_mask, ignore_mask, load_rgb, read_bench
 from .model import SegModel, load_model_dir
-from .predict import box_mask, box_probabilities, contest_overlaps, label_mask, text_probabilities
+from .predict import box_masks, box_probabilities, label_mask, text_probabilities
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.81, 0.05))
 
@@ -127,9 +127,8 @@ def tally_boxes(model: SegModel, bench: Bench, image_id: int, image: np.ndarray,
     boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in scene.instances)]
     prompts = box_probabilities(model, image, boxes)
     for t in thresholds:
-        contested = contest_overlaps(prompts, boxes, t) if contest else prompts
-        for inst, gt, box, (window, probs) in zip(scene.instances, masks, boxes, contested):
-            pred, _ = box_mask(window, probs, box, gt.shape, t, postprocess, refine, image)
+        for inst, gt, pred in zip(scene.instances, masks, box_masks(image, prompts, boxes, t, postprocess, refine,
+                                                                    contest)):
             tally.add(t, inst.label, iou_and_dice(pred, gt)[0])
 
 
@@ -148,6 +147,16 @@ def run_tallies(model: SegModel, bench: Bench, image_ids: Sequence[int], *, text
             tally_boxes(model, bench, image_id, image, masks, box_thresholds, box_post, box, box_refine,
                         box_contest)
     return text, box
+
+
+def locked_box_iou(model: SegModel, bench: Bench, image_ids: Sequence[int], *, refine: str, contest: bool,
+                   images: Callable[[int], np.ndarray] | None = None) -> float | None:
+    """Box IoU at the model's locked box threshold and post-processing, with the box refinement and competing
+    boxes given (the validation choices and the report's "without" rows each change one of them)."""
+    cfg = model.config
+    _, box = run_tallies(model, bench, image_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
+                         box_post=cfg.postprocess_box, box_refine=refine, box_contest=contest, images=images)
+    return box.summary(cfg.threshold_box)["box_iou"]
 
 
 def evaluate_model(model: SegModel, bench: Bench, image_ids: Sequence[int], *, threshold_text: float | None = None,

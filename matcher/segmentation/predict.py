@@ -393,6 +393,16 @@ def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postp
     return mask, float(full[mask].mean()) if mask.any() else 0.0
 
 
+def box_masks(image: np.ndarray, prompts: Sequence[WindowProbs], boxes_xyxy: Sequence[Sequence[float]],
+              threshold: float, postprocess: bool, refine: str, contest: bool) -> list[np.ndarray]:
+    """Full-size bool masks of a photo's box prompts from their :func:`box_probabilities` (computed once,
+    then thresholded at as many settings as wanted), competing for overlaps when ``contest``."""
+    if contest:
+        prompts = contest_overlaps(prompts, boxes_xyxy, threshold)
+    return [box_mask(window, probs, box, image.shape[:2], threshold, postprocess, refine, image)[0]
+            for (window, probs), box in zip(prompts, boxes_xyxy)]
+
+
 def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], model: SegModel,
                   threshold: float | None = None, postprocess: bool | None = None,
                   refine: str | None = None, workers: int = 1, contest: bool | None = None) -> list[BoxResult]:

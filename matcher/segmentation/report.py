@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .data import Bench, decode_mask
-from .evaluate import evaluate_model, iou_and_dice, run_tallies
+from .evaluate import evaluate_model, iou_and_dice, locked_box_iou, run_tallies
 from .model import CARD_FILE, WEIGHTS_FILE, SegConfig, SegModel
 from .predict import label_mask, segment_boxes, segment_prompt, text_probabilities
 
@@ -171,7 +171,8 @@ def markdown_report(data: dict[str, Any]) -> str:
                      f"{_fmt(unrefined['box_iou'])} |")
     uncontested = data.get("test_uncontested")
     if uncontested:
-        lines.append(f"| fine-tuned, overlapping boxes not competing | - | - | - | - | {_fmt(uncontested['box_iou'])} |")
+        lines.append(f"| fine-tuned, overlapping boxes not competing | - | - | - | - | "
+                     f"{_fmt(uncontested['box_iou'])} |")
     text_unrefined = data.get("test_text_unrefined")
     if text_unrefined:
         lines.append(f"| fine-tuned, text refinement none | {_fmt(text_unrefined['miou'])} | "
@@ -220,17 +221,22 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
     return ", ".join(f"{k} {_fmt(v)}" for k, v in (sweep.get(key) or {}).items()) or "not measured"
 
 
+# Training options a model card's reproduce command repeats when a run changed them (matcher seg train's flags).
+CARD_OPTIONS = {"variant": "--variant", "paste_share": "--paste-share", "boundary_weight": "--boundary-weight",
+                "box_jitter_p": "--box-jitter-p"}
+
+
 def reproduce_command(train: dict[str, Any]) -> str:
-    """The ``matcher seg train`` command of a run, with the options it changed from their defaults."""
+    """The ``matcher seg train`` command of a run, with the options it changed from their defaults (a run
+    recorded before an option existed used its default)."""
+    from .train import TrainOptions
+
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
     options = [f"--seed {train['seed']}"]
-    if train.get("variant", "lite0") != "lite0":
-        options.append(f"--variant {train['variant']}")
-    if train.get("paste_share"):
-        options.append(f"--paste-share {train['paste_share']:g}")
-    if train.get("boundary_weight"):
-        options.append(f"--boundary-weight {train['boundary_weight']:g}")
-    if train.get("box_jitter_p", 1.0) < 1.0:
-        options.append(f"--box-jitter-p {train['box_jitter_p']:g}")
+    for key, flag in CARD_OPTIONS.items():
+        value = train.get(key, defaults[key])
+        if value != defaults[key]:
+            options.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
     return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
 
 
@@ -281,20 +287,16 @@ def model_card(data: dict[str, Any]) -> str:
 
 def unrefined_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any]:
     """Box IoU on the test split without the locked box refinement (the report shows what it adds)."""
-    cfg = model.config
-    _, box = run_tallies(model, bench, test_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
-                         box_post=cfg.postprocess_box, box_refine="none", box_contest=cfg.box_contest, images=images)
-    return {"refine_box": "none", "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
+    box_iou = locked_box_iou(model, bench, test_ids, refine="none", contest=model.config.box_contest, images=images)
+    return {"refine_box": "none", "box_iou": box_iou}
 
 
 def uncontested_boxes(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any] | None:
     """Box IoU on the test split with overlapping boxes not competing (None when they do not compete anyway)."""
-    cfg = model.config
-    if not cfg.box_contest:
+    if not model.config.box_contest:
         return None
-    _, box = run_tallies(model, bench, test_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
-                         box_post=cfg.postprocess_box, box_refine=cfg.refine_box, images=images)
-    return {"box_contest": False, "box_iou": box.summary(cfg.threshold_box)["box_iou"]}
+    box_iou = locked_box_iou(model, bench, test_ids, refine=model.config.refine_box, contest=False, images=images)
+    return {"box_contest": False, "box_iou": box_iou}
 
 
 def unrefined_text(model: SegModel, bench: Bench, test_ids, images) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Protocol: image-id split 70/15/15 (seed 42, every label in every split where pos
 on the train split only; early stopping on the validation split (the mean of text-mode mIoU and
 box-mode IoU at threshold 0.5); then the thresholds (post-processing, box and text refinement, competing
 overlapping boxes on/off) are chosen on the validation split and locked into config.json *before* the
-test split is read; the test report compares the fine-tuned model with the untrained decoder and (box mode) the classical segmenter.
+test split is read; the test report compares the fine-tuned model with the untrained decoder and (box
+mode) the classical segmenter.
 
 Loss: weighted BCE + soft Dice.  Box batches train channel 0 on box crops (real instances, and, with
 ``paste_share``, copy-paste composites of catalog cutouts: ``paste.py``); text batches train the label
@@ -34,7 +35,7 @@ import numpy as np
 from ..cutout import mask_bbox
 from .data import (Augment, Bench, boundary_weights, box_sample, decode_mask, load_rgb, mirror, read_bench,
                    read_products, split_bench, text_canvas, text_sample)
-from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, run_tallies
+from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, locked_box_iou, run_tallies
 from .labels import known_labels
 from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
 from .paste import Cutout, load_cutouts, paste_composite
@@ -417,12 +418,9 @@ def choose_box_refinement(model: SegModel, bench: Bench, val_ids: Sequence[int],
                           box_post: dict[str, float | None]) -> tuple[str, dict[str, float | None]]:
     """Box IoU on validation without and with each refinement (at the locked threshold and post-processing);
     the best one, and the figures."""
-    cfg = model.config
-    scores = {"none": box_post["on" if cfg.postprocess_box else "off"]}
+    scores = {"none": box_post["on" if model.config.postprocess_box else "off"]}
     for refine in BOX_REFINEMENTS[1:]:
-        _, box = run_tallies(model, bench, val_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
-                             box_post=cfg.postprocess_box, box_refine=refine, images=images)
-        scores[refine] = box.summary(cfg.threshold_box)["box_iou"]
+        scores[refine] = locked_box_iou(model, bench, val_ids, refine=refine, contest=False, images=images)
     return max(scores, key=lambda k: scores[k] or 0.0), scores
 
 
@@ -430,10 +428,8 @@ def choose_box_contest(model: SegModel, bench: Bench, val_ids: Sequence[int], im
                        without: float | None) -> tuple[bool, dict[str, float | None]]:
     """Box IoU on validation with overlapping boxes competing for pixels (predict.contest_overlaps) against
     ``without`` (the locked settings' score); on only if it helps, and the figures."""
-    cfg = model.config
-    _, box = run_tallies(model, bench, val_ids, text_thresholds=(), box_thresholds=(cfg.threshold_box,),
-                         box_post=cfg.postprocess_box, box_refine=cfg.refine_box, box_contest=True, images=images)
-    scores = {"off": without, "on": box.summary(cfg.threshold_box)["box_iou"]}
+    scores = {"off": without,
+              "on": locked_box_iou(model, bench, val_ids, refine=model.config.refine_box, contest=True, images=images)}
     return (scores["on"] or 0.0) > (scores["off"] or 0.0), scores
 
 
@@ -514,8 +510,8 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
 def calibrate_model_dir(model_dir: Path | str | None, dataset: Path | str,
                         report: Callable[[str], None] = print) -> dict[str, Any]:
     """Re-run the validation sweep of training for an existing model (weights untouched): thresholds, mirror
-    averaging, post-processing, box refinement and box competition are locked again into config.json, then the test split
-    is scored.  For a model trained before a new option existed, or data re-split with the same seed."""
+    averaging, post-processing, box refinement and box competition are locked again into config.json, then
+    the test split is scored.  For a model trained before a new option existed, or data re-split with the same seed."""
     from .model import CARD_FILE, CONFIG_FILE, load_model_dir
     from .report import REPORT_DIR, calibration_markdown, uncontested_boxes, unrefined_boxes, unrefined_text
 
