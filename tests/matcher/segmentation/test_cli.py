@@ -114,6 +114,27 @@ def test_seg_train_refuses_an_unknown_encoder_variant(tiny_bench, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_seg_export_onnx_of_a_box_context_model_takes_the_other_boxes_map(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import dataclasses
+
+    import torch
+
+    from matcher.segmentation.model import build_segnet, save_model_dir
+
+    from .conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), box_context=True)
+    save_model_dir(build_segnet(config, imagenet=False).eval(), config, tmp_path / "m", card="# tiny\n")
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["seg", "export", "--onnx", str(out), "--model", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output  # the parity check (random maps included) passed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "context"]
+
+
 def test_seg_export_onnx_matches_torch(tiny_model_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, decode_mask, jitter_box,
-                                       load_rgb, read_bench, split_bench, split_image_ids, text_canvas, text_sample)
+from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, box_window, context_map,
+                                       decode_mask, jitter_box, load_rgb, read_bench, split_bench, split_image_ids,
+                                       text_canvas, text_sample)
 
 
 def test_read_bench_labels_instances_from_the_catalog(tiny_bench):
@@ -62,24 +63,27 @@ def test_box_sample_crops_the_box_with_its_margin(tiny_bench):
     inst = scene.instances[0]
     image = load_rgb(scene.path)
     x, y, w, h = inst.bbox
-    crop, target = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1)
+    crop, target, _ = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1)
     assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
     assert target.shape == (32, 32) and 0.3 < target.mean() <= 1.0
     rng = np.random.default_rng(0)
-    jittered, _ = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1, rng,
-                             Augment())
+    jittered, _, _ = box_sample(image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h), 32, 0.1,
+                                rng, Augment())
     assert jittered.shape == (32, 32, 3)
 
 
-def test_box_jitter_share_keeps_some_boxes_exact_and_the_default_stream(tiny_bench):
-    bench = read_bench(tiny_bench)
-    scene = bench.scenes[2]
+def first_instance(bench_root) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """(photo, true mask, box x0, y0, x1, y1) of the first instance of the tiny bench's second photo."""
+    scene = read_bench(bench_root).scenes[2]
     inst = scene.instances[0]
     image = load_rgb(scene.path)
-    mask = decode_mask(inst.rle, *image.shape[:2])
     x, y, w, h = inst.bbox
-    box = (x, y, x + w, y + h)
-    exact, _ = box_sample(image, mask, box, 32, 0.1)
+    return image, decode_mask(inst.rle, *image.shape[:2]), (x, y, x + w, y + h)
+
+
+def test_box_jitter_share_keeps_some_boxes_exact_and_the_default_stream(tiny_bench):
+    image, mask, box = first_instance(tiny_bench)
+    exact, _, _ = box_sample(image, mask, box, 32, 0.1)
     never = [box_sample(image, mask, box, 32, 0.1, np.random.default_rng(s), Augment(box_jitter_p=0.0))[0]
              for s in range(5)]
     assert all(np.array_equal(crop, exact) for crop in never)
@@ -127,3 +131,23 @@ def test_boundary_weights_mark_a_band_around_the_outline():
     leg[5:35, 19:21] = 1.0  # a 2-pixel leg lies wholly in the band
     assert (boundary_weights(leg, 2.0, 3)[leg > 0] == 3.0).all()
     assert (boundary_weights(target, 0.0, 3) == 1.0).all()
+
+
+def test_context_map_marks_the_other_boxes_inside_the_crop():
+    window = (100, 50, 200, 150)  # 100 x 100 photo pixels, resized to 10 x 10
+    out = context_map(window, [(150, 50, 300, 100), (0, 0, 20, 20)], 10)
+    assert out.dtype == np.float32 and out.shape == (10, 10)
+    assert (out[:5, 5:] == 1.0).all() and out.sum() == 25  # the box outside the crop leaves no trace
+    assert context_map(window, [], 10).sum() == 0
+
+
+def test_box_sample_maps_the_other_boxes_and_jitters_them_with_the_box(tiny_bench):
+    image, mask, box = first_instance(tiny_bench)
+    x0, y0, x1, y1 = box
+    other = (x0 + (x1 - x0) / 2, y0, x1 + (x1 - x0), y1)  # covers the right half of the box and beyond
+    assert box_sample(image, mask, box, 32, 0.1)[2] is None
+    _, _, exact = box_sample(image, mask, box, 32, 0.1, others=[other])
+    assert np.array_equal(exact, context_map(box_window(box, 0.1), [other], 32)) and 0 < exact.mean() < 1
+    jittered = [box_sample(image, mask, box, 32, 0.1, np.random.default_rng(s), Augment(box_jitter_p=0.0),
+                           others=[other])[2] for s in range(3)]
+    assert not all(np.array_equal(m, exact) for m in jittered)  # detector-like boxes all round, the prompt's kept

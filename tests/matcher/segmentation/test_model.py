@@ -74,3 +74,33 @@ def test_unknown_box_refinement_is_refused():
 
     with pytest.raises(ValueError, match="refine_box"):
         SegConfig(labels=["chair"], refine_box="magic")
+
+
+def test_box_context_model_reads_the_other_boxes_map_and_a_plain_model_ignores_it():
+    import dataclasses
+
+    import torch
+
+    torch.manual_seed(0)
+    net = build_segnet(dataclasses.replace(tiny_config(), box_context=True), imagenet=False).eval()
+    plain = tiny_model().net
+    x, context = torch.rand(2, 3, 64, 64), torch.zeros(2, 1, 64, 64)
+    context[..., 32:] = 1.0  # another box covers the right half of the crop
+    with torch.inference_mode():
+        assert torch.equal(net(x), net(x, torch.zeros_like(context)))  # no map: no other box
+        assert not torch.allclose(net(x), net(x, context))
+        assert torch.equal(plain(x), plain(x, context))
+    # The plain model's tensors keep their shapes: models trained before the option still load.
+    shapes = {k: v.shape for k, v in plain.state_dict().items()}
+    changed = {k for k, v in net.state_dict().items() if shapes[k] != v.shape}
+    assert changed and all(k.startswith(("bottleneck.", "ups.")) for k in changed)
+
+
+def test_the_split_seed_is_the_runs_split_seed_else_its_seed():
+    from matcher.segmentation.model import split_seed_of
+
+    assert split_seed_of({}) == 42 and split_seed_of({"seed": 7}) == 7
+    assert split_seed_of({"seed": 7, "split_seed": 42}) == 42 and split_seed_of({"seed": 7, "split_seed": None}) == 7
+    config = tiny_config()
+    config.extra = {"training": {"seed": 7, "split_seed": 3}}
+    assert config.training_seed == 3

@@ -82,8 +82,8 @@ def test_training_adds_paste_batches_only_when_the_catalog_has_mattes(tiny_bench
     instances = sum(len(bench.scenes[i].instances) for i in train_ids)
     assert sum(len(items) for kind, items in plan if kind == "paste") == round(0.5 * instances)
     items = next(items for kind, items in plan if kind == "paste")
-    crops, targets, weights = build_batch("paste", items, bench, ImageCache(bench), ["armchair"], opts,
-                                          np.random.default_rng(0), Augment(), lambda crop, _rng: crop, pool)
+    crops, targets, weights, _ = build_batch("paste", items, bench, ImageCache(bench), ["armchair"], opts,
+                                             np.random.default_rng(0), Augment(), lambda crop, _rng: crop, pool)
     assert len(crops) == len(items) and targets.shape == (len(items), 1, 256, 256) and weights.min() == 1.0
     assert all(0.0 < t.mean() < 1.0 for t in targets)  # every sample has object and backdrop
 

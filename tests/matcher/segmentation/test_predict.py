@@ -286,3 +286,22 @@ def test_segment_boxes_applies_the_configured_contest(model):
     assert sum(int((p.mask > 0).sum() - (f.mask > 0).sum()) for f, p in zip(fought, plain)) > 0
     alone = segment_boxes(image, boxes[:1], contested, threshold=threshold)[0]
     assert (alone.mask == segment_boxes(image, boxes[:1], model, threshold=threshold)[0].mask).all()
+
+
+def test_a_box_context_model_sees_the_photos_other_boxes(model):
+    import dataclasses
+
+    import torch
+
+    from matcher.segmentation.model import SegModel, build_segnet
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(model.config, box_context=True)
+    aware = SegModel(net=build_segnet(config, imagenet=False).eval(), config=config, path=None)
+    box, neighbour, far = (5, 5, 40, 40), (25, 10, 69, 49), (60, 45, 69, 49)
+    for m, sees in ((aware, True), (model, False)):
+        alone = box_probabilities(m, photo(), [box])[0][1]
+        outside_the_crop = box_probabilities(m, photo(), [box, far])[0][1]
+        beside = box_probabilities(m, photo(), [box, neighbour])[0][1]
+        assert np.abs(outside_the_crop - alone).max() < 1e-5  # (batches of 1 and 2 may round differently)
+        assert (np.abs(beside - alone).max() > 1e-3) == sees

@@ -16,3 +16,13 @@ def test_reproduce_command_names_only_the_options_a_run_changed():
 
 def test_reproduce_command_of_a_model_trained_before_the_options_existed():
     assert reproduce_command({"dataset": "d", "seed": 42}) == "matcher seg train d --out MODEL_DIR --seed 42"
+
+
+def test_reproduce_command_names_a_switched_on_flag_alone():
+    assert reproduce_command({"dataset": "d", "seed": 42, "box_context": True}) == (
+        "matcher seg train d --out MODEL_DIR --seed 42 --box-context")
+
+
+def test_reproduce_command_keeps_a_split_seed_apart_from_the_seed():
+    assert reproduce_command({"dataset": "d", "seed": 7, "split_seed": 42}) == (
+        "matcher seg train d --out MODEL_DIR --seed 7 --split-seed 42")

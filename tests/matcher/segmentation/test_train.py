@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from matcher.segmentation.data import read_bench, split_bench
+from matcher.segmentation.data import box_window, context_map, read_bench, split_bench
 from matcher.segmentation.model import load_model_dir, save_model_dir
 from matcher.segmentation.train import (Augment, ImageCache, TrainOptions, box_loss, build_batch,
                                         freeze_early_layers, make_optimizer, new_model, plan_epoch, sweep_thresholds,
@@ -45,7 +45,7 @@ def test_boundary_weight_reaches_the_box_samples_weights(tiny_bench):
     weights = {}
     for extra in (0.0, 2.0):
         opts = TrainOptions(**TINY, boundary_weight=extra)
-        _, targets, weights[extra] = build_batch("box", box_items, bench, ImageCache(bench), TINY_LABELS, opts,
+        _, targets, weights[extra], _ = build_batch("box", box_items, bench, ImageCache(bench), TINY_LABELS, opts,
                                                  np.random.default_rng(0), Augment(enabled=False),
                                                  lambda crop, _rng: crop)
     assert (weights[0.0] == 1.0).all()
@@ -200,3 +200,41 @@ def test_calibrate_relocks_a_model_dir_without_touching_its_weights(tiny_bench, 
     assert "text refinement on validation (text mIoU): none" in calibration
     assert "overlapping boxes competing on validation (box IoU): off" in calibration
     assert data["model_id"] in lines[-1]
+
+
+def test_box_context_batches_carry_the_other_boxes_maps_and_train(tiny_bench):
+    bench = read_bench(tiny_bench)
+    split = split_bench(bench)
+    opts = TrainOptions(**TINY, box_context=True)
+    plan = plan_epoch(bench, split["train"], np.random.default_rng(0), opts)
+    images, rng = ImageCache(bench), np.random.default_rng(0)
+    box_items = next(items for kind, items in plan if kind == "box")
+    crops, targets, weights, maps = build_batch("box", box_items, bench, images, TINY_LABELS, opts, rng,
+                                                Augment(enabled=False), lambda crop, _rng: crop)
+    assert maps.shape == targets.shape
+    for (image_id, index), got in zip(box_items, maps):
+        boxes = [(x, y, x + w, y + h) for x, y, w, h in (inst.bbox for inst in bench.scenes[image_id].instances)]
+        others = boxes[:index] + boxes[index + 1:]
+        assert np.array_equal(got[0], context_map(box_window(boxes[index], opts.box_margin), others, 64))
+    text_items = next(items for kind, items in plan if kind == "text")
+    assert build_batch("text", text_items, bench, images, TINY_LABELS, opts, rng, Augment(),
+                       lambda crop, _rng: crop)[3] is None
+    model = new_model(TINY_LABELS, opts, "cpu")
+    assert model.config.box_context
+    optimizer, scheduler, _ = make_optimizer(model.net, opts, 4)
+    model.net.train()
+    loss = train_step(model.net, ("box", (crops, targets, weights, maps)), optimizer, scheduler, None, opts, "cpu")
+    assert np.isfinite(loss) and loss > 0
+
+
+def test_a_split_seed_keeps_the_split_while_the_seed_changes_the_rest(tiny_bench, tmp_path, monkeypatch):
+    from matcher.segmentation import train
+
+    seeds: list[int] = []
+    real = train.split_bench
+    monkeypatch.setattr(train, "split_bench", lambda bench, seed: seeds.append(seed) or real(bench, seed=seed))
+    opts = TrainOptions(**TINY, epochs=1, seed=7, split_seed=42, baselines=False)
+    train_model(tiny_bench, tmp_path / "m", opts, report=lambda _: None)
+    assert seeds == [42]
+    assert load_model_dir(tmp_path / "m").config.training_seed == 42  # evaluation re-makes the same split
+    assert "--seed 7 --split-seed 42" in (tmp_path / "m" / "model_card.md").read_text()
