@@ -402,14 +402,27 @@ def box_mask(window, probs: np.ndarray, box_xyxy, shape, threshold: float, postp
     return mask, float(full[mask].mean()) if mask.any() else 0.0
 
 
+def scored_box_masks(image: np.ndarray, prompts: Sequence[WindowProbs], boxes_xyxy: Sequence[Sequence[float]],
+                     threshold: float, postprocess: bool, refine: str, contest: bool,
+                     workers: int = 1) -> list[tuple[np.ndarray, float]]:
+    """(full-size bool mask, score) of each of a photo's box prompts from their :func:`box_probabilities`,
+    competing for overlaps when ``contest``; thresholding and refinement on up to ``workers`` threads."""
+    if contest:
+        prompts = contest_overlaps(prompts, boxes_xyxy, threshold)
+
+    def one(prompt_and_box) -> tuple[np.ndarray, float]:
+        (window, probs), box = prompt_and_box
+        return box_mask(window, probs, box, image.shape[:2], threshold, postprocess, refine, image)
+
+    return thread_map(one, zip(prompts, boxes_xyxy), workers)
+
+
 def box_masks(image: np.ndarray, prompts: Sequence[WindowProbs], boxes_xyxy: Sequence[Sequence[float]],
               threshold: float, postprocess: bool, refine: str, contest: bool) -> list[np.ndarray]:
     """Full-size bool masks of a photo's box prompts from their :func:`box_probabilities` (computed once,
     then thresholded at as many settings as wanted), competing for overlaps when ``contest``."""
-    if contest:
-        prompts = contest_overlaps(prompts, boxes_xyxy, threshold)
-    return [box_mask(window, probs, box, image.shape[:2], threshold, postprocess, refine, image)[0]
-            for (window, probs), box in zip(prompts, boxes_xyxy)]
+    return [mask for mask, _ in scored_box_masks(image, prompts, boxes_xyxy, threshold, postprocess, refine,
+                                                 contest)]
 
 
 def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], model: SegModel,
@@ -423,20 +436,12 @@ def segment_boxes(image: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], mode
     post = model.config.postprocess_box if postprocess is None else postprocess
     refine = model.config.refine_box if refine is None else refine
     contest = model.config.box_contest if contest is None else contest
-    ok = [b[2] - b[0] >= 1 and b[3] - b[1] >= 1 for b in boxes_xyxy]
+    ok = [b[2] - b[0] >= 1 and b[3] - b[1] >= 1 for b in boxes_xyxy]  # a box under a pixel wide names nothing
     good_boxes = [b for b, good in zip(boxes_xyxy, ok) if good]
-    window_probs = box_probabilities(model, image, good_boxes)
-    if contest:
-        window_probs = contest_overlaps(window_probs, good_boxes, thr)
-    probs = iter(window_probs)
-    prompts = [(box, next(probs) if good else None) for box, good in zip(boxes_xyxy, ok)]
-
-    def one(prompt) -> BoxResult:
-        box, window_probs = prompt
-        if window_probs is None:  # a box under a pixel wide names nothing
-            mask, score = np.zeros(image.shape[:2], bool), 0.0
-        else:
-            mask, score = box_mask(*window_probs, box, image.shape[:2], thr, post, refine, image)
-        return BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr)
-
-    return thread_map(one, prompts, workers)
+    scored = iter(scored_box_masks(image, box_probabilities(model, image, good_boxes), good_boxes, thr, post,
+                                   refine, contest, workers))
+    results = []
+    for box, good in zip(boxes_xyxy, ok):
+        mask, score = next(scored) if good else (np.zeros(image.shape[:2], bool), 0.0)
+        results.append(BoxResult(tuple(float(v) for v in box), to_255(mask), score, thr))
+    return results

@@ -37,7 +37,8 @@ from .data import (Augment, Bench, boundary_weights, box_sample, decode_mask, lo
                    read_products, split_bench, text_canvas, text_sample)
 from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, locked_box_iou, run_tallies
 from .labels import known_labels
-from .model import BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir
+from .model import (BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir,
+                    split_seed_of)
 from .paste import Cutout, load_cutouts, paste_composite
 from .predict import to_tensor
 
@@ -83,11 +84,6 @@ class TrainOptions:
     baselines: bool = True  # untrained decoder and classical segmenter on the test split
     panels: int = 4
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-
-    @property
-    def data_split_seed(self) -> int:
-        """The seed of the image-id split: ``split_seed``, else ``seed``."""
-        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -495,7 +491,7 @@ def train_model(dataset: Path | str, out: Path | str, opts: TrainOptions | None 
     bench = read_bench(dataset)
     if opts.limit_images:
         bench.scenes = {k: bench.scenes[k] for k in sorted(bench.scenes)[:opts.limit_images]}
-    split = split_bench(bench, seed=opts.data_split_seed)
+    split = split_bench(bench, seed=split_seed_of(asdict(opts)))  # the rule config.json's readers use
     labels = labels_to_learn(bench, split["train"], opts.min_label_instances)
     if not labels or not split["val"] or not split["test"]:
         raise ValueError(f"{dataset}: too few labelled scenes to train and calibrate "
