@@ -82,9 +82,9 @@ def train_command(
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation mIoU may stop sooner).")] = 14,
     size: Annotated[int, typer.Option(min=64, max=1024, help="Box crops are resized to SIZE x SIZE.")] = 256,
     text_size: Annotated[int, typer.Option(min=64, max=2048, help="Long side of whole photos for text prompts.")] = 384,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 42,
-    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the split alone, when it differs from --seed "
-                                                       "(a second initialisation on the same split).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split, the initialisation and the augmentations.")] = 42,
+    split_seed: Annotated[Optional[int], typer.Option(min=0, help="Seed of the split alone, when it differs from "
+                                                       "--seed (a second initialisation on the same split).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or mps (CUDA trains in mixed precision).")] = "auto",
     max_minutes: Annotated[float, typer.Option(min=0.0, help="Stop training when the next epoch would pass this "

@@ -108,6 +108,13 @@ def test_seg_eval_and_train_refuse_a_folder_that_is_not_a_bench(tiny_model_dir, 
     assert result.exit_code == 2 and "not a bench-format data set" in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--seed", "--split-seed"])
+def test_seg_train_refuses_a_negative_seed_by_name(tiny_bench, tmp_path, option):
+    result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), option, "-1"])
+    assert result.exit_code == 2 and option in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_seg_train_refuses_an_unknown_encoder_variant(tiny_bench, tmp_path):
     result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), "--variant", "lite9"])
     assert result.exit_code == 2 and "choose lite0, lite1 or lite2" in result.stderr
