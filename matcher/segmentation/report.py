@@ -223,9 +223,10 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
 
 
 # Training options a model card's reproduce command repeats when a run changed them (matcher seg train's flags).
-CARD_OPTIONS = {"variant": "--variant", "paste_share": "--paste-share", "boundary_weight": "--boundary-weight",
-                "box_jitter_p": "--box-jitter-p", "box_context": "--box-context",
-                "split_seed": "--split-seed"}
+CARD_OPTIONS = {"split_seed": "--split-seed", "epochs": "--epochs", "max_train_minutes": "--max-minutes",
+                "box_size": "--size", "text_long_side": "--text-size", "variant": "--variant",
+                "paste_share": "--paste-share", "boundary_weight": "--boundary-weight", "box_jitter_p": "--box-jitter-p",
+                "box_context": "--box-context"}
 
 
 def reproduce_command(train: dict[str, Any]) -> str:
@@ -237,6 +238,8 @@ def reproduce_command(train: dict[str, Any]) -> str:
     options = [f"--seed {train['seed']}"]
     for key, flag in CARD_OPTIONS.items():
         value = train.get(key, defaults[key])
+        if key == "max_train_minutes" and value is None:
+            value = 0.0  # no time budget: the command line's 0
         if value != defaults[key]:
             options.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
                            else f"{flag} {value}")
@@ -254,6 +257,15 @@ def encoder_package(variant: str) -> str:
         return f"`{package_name(variant)}` {version(package_name(variant))}"
     except PackageNotFoundError:  # not installed as a distribution: no version to name
         return f"`{package_name(variant)}`"
+
+
+def budget_sentence(train: dict[str, Any]) -> str:
+    """The model card's line on the run's time budget and what it means for reproducing the weights."""
+    budget = train.get("max_train_minutes", 20.0)  # runs recorded before the option existed had the 20-minute one
+    if not budget:
+        return f"It had no time budget, so every machine runs all {train['epochs']} epochs."
+    return (f"Its training budget is {budget:g} minutes, so a busier machine runs fewer epochs (the weights are "
+            f"reproducible on the same machine and load); `--max-minutes 0` runs all {train['epochs']}.")
 
 
 def model_card(data: dict[str, Any]) -> str:
@@ -290,9 +302,7 @@ def model_card(data: dict[str, Any]) -> str:
         f"Split by image id, seed {split_seed_of(train)}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    {reproduce_command(train)}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "
-        f"{data['history']['stopped_by']}. The default stops at a 20-minute budget, so a busier machine runs fewer "
-        f"epochs (the weights are reproducible on the same machine and load); `--max-minutes 0` runs all "
-        f"{train['epochs']}.", "",
+        f"{data['history']['stopped_by']}. {budget_sentence(train)}", "",
         "## Test metrics", "",
         f"- text prompts: mIoU {_fmt(fine['miou'])}, Dice {_fmt(fine['dice'])} (per label in report/test_report.md)",
         f"- box prompts: instance IoU {_fmt(fine['box_iou'])}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from matcher.segmentation.report import encoder_package, reproduce_command
+from matcher.segmentation.report import budget_sentence, encoder_package, reproduce_command
 
 
 def test_reproduce_command_names_only_the_options_a_run_changed():
@@ -26,6 +26,21 @@ def test_reproduce_command_names_a_switched_on_flag_alone():
 def test_reproduce_command_keeps_a_split_seed_apart_from_the_seed():
     assert reproduce_command({"dataset": "d", "seed": 7, "split_seed": 42}) == (
         "matcher seg train d --out MODEL_DIR --seed 7 --split-seed 42")
+
+
+def test_reproduce_command_names_the_epochs_sizes_and_time_budget_of_a_longer_run():
+    run = {"dataset": "d", "seed": 42, "epochs": 18, "max_train_minutes": 50.0, "box_size": 320,
+           "text_long_side": 384, "paste_share": 0.5}
+    assert reproduce_command(run) == (
+        "matcher seg train d --out MODEL_DIR --seed 42 --epochs 18 --max-minutes 50 --size 320 --paste-share 0.5")
+    assert reproduce_command({**run, "max_train_minutes": None}).endswith("--max-minutes 0 --size 320 --paste-share 0.5")
+
+
+def test_the_card_states_the_runs_own_time_budget():
+    assert "budget is 50 minutes" in budget_sentence({"epochs": 18, "max_train_minutes": 50.0})
+    assert "budget is 20 minutes" in budget_sentence({"epochs": 14})  # recorded before the option existed
+    assert budget_sentence({"epochs": 18, "max_train_minutes": None}) == (
+        "It had no time budget, so every machine runs all 18 epochs.")
 
 
 def test_the_card_names_the_installed_encoder_package_version():
