@@ -359,7 +359,8 @@ def text_sample(image: np.ndarray, scene: Scene, labels: Sequence[str], canvas: 
     return crop, targets, ignore
 
 
-def mirror(image: np.ndarray, *maps: np.ndarray) -> list[np.ndarray]:
+def mirror(image: np.ndarray, *maps: np.ndarray | None) -> list[np.ndarray | None]:
     """Mirror an (H, W, 3) image and (..., H, W) maps left-right together (no vertical flips: furniture
-    is seldom upside down)."""
-    return [np.ascontiguousarray(image[:, ::-1])] + [np.ascontiguousarray(m[..., ::-1]) for m in maps]
+    is seldom upside down); a map that is None (an optional input left out) stays None."""
+    return [np.ascontiguousarray(image[:, ::-1])] + [None if m is None else np.ascontiguousarray(m[..., ::-1])
+                                                     for m in maps]

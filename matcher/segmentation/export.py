@@ -42,8 +42,9 @@ def export_onnx(model: SegModel, path: Path | str, opset: int = 18) -> dict[str,
         raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
     net = model.net.float().eval().cpu()
     cfg = model.config
-    names = ["image", "context"] if cfg.box_context else ["image"]
-    examples = tuple(torch.zeros(2, channels, cfg.box_size, cfg.box_size) for channels in (3, 1)[:len(names)])
+    channels = {"image": 3, "context": 1} if cfg.box_context else {"image": 3}  # the graph's inputs, in order
+    names = list(channels)
+    examples = tuple(torch.zeros(2, c, cfg.box_size, cfg.box_size) for c in channels.values())
     axes = {name: {0: "batch", 2: "height", 3: "width"} for name in names + ["logits"]}
     # The TorchScript exporter: a few seconds, where the dynamo one took most of a minute for the same graph.
     torch.onnx.export(net, examples, str(path), input_names=names, output_names=["logits"], opset_version=opset,

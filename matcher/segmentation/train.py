@@ -197,8 +197,7 @@ def build_batch(kind: str, items: list, bench: Bench, images: ImageCache, labels
             crop, target, ignore = text_sample(images(item), bench.scenes[item], labels, canvas, rng, augment)
             weight = (1.0 - ignore)[None]
         if augment.enabled and rng.random() < augment.flip_p:
-            crop, target, weight, *maybe = mirror(crop, target, weight, *([] if context is None else [context]))
-            context = maybe[0] if maybe else None
+            crop, target, weight, context = mirror(crop, target, weight, context)
         crops.append(transform(crop, rng))
         targets.append(target)
         weights.append(weight)

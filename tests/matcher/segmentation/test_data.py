@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from matcher.segmentation.data import (Augment, NotABenchError, boundary_weights, box_sample, box_window, context_map,
-                                       decode_mask, jitter_box, load_rgb, read_bench, split_bench, split_image_ids,
-                                       text_canvas, text_sample)
+                                       decode_mask, jitter_box, load_rgb, mirror, read_bench, split_bench,
+                                       split_image_ids, text_canvas, text_sample)
 
 
 def test_read_bench_labels_instances_from_the_catalog(tiny_bench):
@@ -118,6 +118,15 @@ def test_photometric_augmentation_keeps_uint8_images():
     crop = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     out = transform(crop, np.random.default_rng(0))
     assert out.dtype == np.uint8 and out.shape == (32, 32, 3) and not np.array_equal(out, crop)
+
+
+def test_mirror_flips_the_image_and_its_maps_together_and_passes_a_missing_map_through():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    target = np.array([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]], np.float32)  # (C, H, W)
+    flipped, flipped_target, missing = mirror(image, target, None)
+    assert np.array_equal(flipped, image[:, ::-1]) and flipped.flags.c_contiguous
+    assert np.array_equal(flipped_target, [[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    assert missing is None
 
 
 def test_boundary_weights_mark_a_band_around_the_outline():
