@@ -92,6 +92,9 @@ def train_command(
     paste_share: Annotated[float, typer.Option(min=0.0, max=5.0, help="Copy-paste box samples (catalog cutouts in "
                                                "training photos) per epoch, as a share of the training instances; "
                                                "0 turns them off.")] = 0.0,
+    paste_unplaced: Annotated[bool, typer.Option(help="Copy-paste samples also use the catalog's products that "
+                                                 "no photo of the data set shows (new shapes, no validation or "
+                                                 "test object among them).")] = False,
     boundary_weight: Annotated[float, typer.Option(min=0.0, max=20.0, help="Box samples: extra loss weight of "
                                                    "pixels within 3 px of the object's outline (thin parts, gaps "
                                                    "between legs); 0 turns it off.")] = 0.0,
@@ -118,8 +121,8 @@ def train_command(
 
     opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
                         device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
-                        paste_share=paste_share, boundary_weight=boundary_weight, variant=variant,
-                        box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
+                        paste_share=paste_share, paste_unplaced=paste_unplaced, boundary_weight=boundary_weight,
+                        variant=variant, box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

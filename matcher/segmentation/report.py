@@ -225,7 +225,8 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
 # Training options a model card's reproduce command repeats when a run changed them (matcher seg train's flags).
 CARD_OPTIONS = {"split_seed": "--split-seed", "epochs": "--epochs", "max_train_minutes": "--max-minutes",
                 "box_size": "--size", "text_long_side": "--text-size", "variant": "--variant",
-                "paste_share": "--paste-share", "boundary_weight": "--boundary-weight", "box_jitter_p": "--box-jitter-p",
+                "paste_share": "--paste-share", "paste_unplaced": "--paste-unplaced",
+                "boundary_weight": "--boundary-weight", "box_jitter_p": "--box-jitter-p",
                 "box_context": "--box-context"}
 
 
@@ -298,7 +299,8 @@ def model_card(data: dict[str, Any]) -> str:
         + (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
            "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
            "photos, in front of or behind other products; products seen only in validation or test photos are "
-           "never pasted." if train.get("paste_share") else ""),
+           "never pasted." + (" Catalog products that no photo of the data set shows are pasted too."
+                              if train.get("paste_unplaced") else "") if train.get("paste_share") else ""),
         f"Split by image id, seed {split_seed_of(train)}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    {reproduce_command(train)}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "

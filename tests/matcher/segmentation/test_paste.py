@@ -88,6 +88,26 @@ def test_training_adds_paste_batches_only_when_the_catalog_has_mattes(tiny_bench
     assert all(0.0 < t.mean() < 1.0 for t in targets)  # every sample has object and backdrop
 
 
+def test_unplaced_products_join_the_pool_but_no_validation_or_test_product_does(tmp_path):
+    import json
+    import shutil
+
+    root = write_bench(tmp_path / "bench", catalog_photos=True)
+    row = dict(read_products(root)["test/chair-1"], sku="test/stool-9", name="Stool")  # in the catalog, in no photo
+    for kind in ("image", "alpha"):
+        row[kind] = row[kind].replace("chair-1", "stool-9")
+        shutil.copy(root / read_products(root)["test/chair-1"][kind], root / row[kind])
+    with (root / "catalog" / "products.jsonl").open("a") as rows:
+        rows.write(json.dumps(row) + "\n")
+    bench = read_bench(root)
+    split = split_bench(bench)
+    train_ids = split["train"][:1]  # one training photo: the other photos' products must stay out
+    in_train = {i.sku for i in bench.scenes[train_ids[0]].instances}
+    assert {c.sku for c in paste_pool(bench, train_ids).cutouts} <= in_train
+    with_unplaced = {c.sku for c in paste_pool(bench, train_ids, unplaced=True).cutouts}
+    assert "test/stool-9" in with_unplaced and with_unplaced - {"test/stool-9"} <= in_train
+
+
 def test_train_model_reports_the_copy_paste_samples(tmp_path):
     from .test_train import TINY
 

@@ -30,10 +30,10 @@ def test_reproduce_command_keeps_a_split_seed_apart_from_the_seed():
 
 def test_reproduce_command_names_the_epochs_sizes_and_time_budget_of_a_longer_run():
     run = {"dataset": "d", "seed": 42, "epochs": 18, "max_train_minutes": 50.0, "box_size": 320,
-           "text_long_side": 384, "paste_share": 0.5}
-    assert reproduce_command(run) == (
-        "matcher seg train d --out MODEL_DIR --seed 42 --epochs 18 --max-minutes 50 --size 320 --paste-share 0.5")
-    assert reproduce_command({**run, "max_train_minutes": None}).endswith("--max-minutes 0 --size 320 --paste-share 0.5")
+           "text_long_side": 384, "paste_share": 0.5, "paste_unplaced": True}
+    assert reproduce_command(run) == ("matcher seg train d --out MODEL_DIR --seed 42 --epochs 18 --max-minutes 50 "
+                                      "--size 320 --paste-share 0.5 --paste-unplaced")
+    assert "--max-minutes 0 --size 320" in reproduce_command({**run, "max_train_minutes": None})
 
 
 def test_the_card_states_the_runs_own_time_budget():
