@@ -260,6 +260,18 @@ def encoder_package(variant: str) -> str:
         return f"`{package_name(variant)}`"
 
 
+def paste_sentence(train: dict[str, Any]) -> str:
+    """The model card's words on the run's copy-paste samples ("" when it had none), after the data's credits."""
+    if not train.get("paste_share"):
+        return ""
+    unplaced = (" Catalog products that no photo of the data set shows are pasted too."
+                if train.get("paste_unplaced") else "")
+    return (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
+            "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
+            "photos, in front of or behind other products; products seen only in validation or test photos are "
+            f"never pasted.{unplaced}")
+
+
 def budget_sentence(train: dict[str, Any]) -> str:
     """The model card's line on the run's time budget and what it means for reproducing the weights."""
     budget = train.get("max_train_minutes", 20.0)  # runs recorded before the option existed had the 20-minute one
@@ -295,12 +307,7 @@ def model_card(data: dict[str, Any]) -> str:
         f"`{train['dataset']}`: rendered room scenes of Sweet Home 3D furniture models (see the data set's "
         "`CREDITS.md`; models from the BlendSwap-CC-BY and KatorLegaz libraries are under Creative Commons "
         "Attribution licences and their attribution must accompany derived images). Labels come from product "
-        "titles and tags through `matcher/segmentation/label_map.json`."
-        + (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
-           "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
-           "photos, in front of or behind other products; products seen only in validation or test photos are "
-           "never pasted." + (" Catalog products that no photo of the data set shows are pasted too."
-                              if train.get("paste_unplaced") else "") if train.get("paste_share") else ""),
+        "titles and tags through `matcher/segmentation/label_map.json`." + paste_sentence(train),
         f"Split by image id, seed {split_seed_of(train)}: {train['split_sizes']}.", "",
         "## Reproduce", "", f"    {reproduce_command(train)}", "",
         f"This run: {len(data['history']['epochs'])} epochs in {data['train_minutes']:.1f} min, stopped by "

@@ -93,10 +93,11 @@ def test_unplaced_products_join_the_pool_but_no_validation_or_test_product_does(
     import shutil
 
     root = write_bench(tmp_path / "bench", catalog_photos=True)
-    row = dict(read_products(root)["test/chair-1"], sku="test/stool-9", name="Stool")  # in the catalog, in no photo
+    chair = read_products(root)["test/chair-1"]
+    row = dict(chair, sku="test/stool-9", name="Stool")  # in the catalog, in no photo
     for kind in ("image", "alpha"):
-        row[kind] = row[kind].replace("chair-1", "stool-9")
-        shutil.copy(root / read_products(root)["test/chair-1"][kind], root / row[kind])
+        row[kind] = chair[kind].replace("chair-1", "stool-9")
+        shutil.copy(root / chair[kind], root / row[kind])
     with (root / "catalog" / "products.jsonl").open("a") as rows:
         rows.write(json.dumps(row) + "\n")
     bench = read_bench(root)
