@@ -153,17 +153,21 @@ def option_sweep(photos: list[Photo], model: SegModel) -> dict[str, float]:
                          ("GRABCUT_SURE", (0.9, 0.98))):
         for value in values:
             results[f"{name} = {value} (shipped {getattr(predict, name)})"] = with_constant(name, value)(score)
-    shipped_margin, prompts = model.config.box_margin, {p.image_id: p.prompts for p in val}
-    for margin in (0.05, 0.15, 0.2):
-        model.config.box_margin = margin
-        try:
-            for p in val:
-                p.prompts = predict.box_probabilities(model, p.image, p.boxes)
-            results[f"crop margin {margin} (shipped {shipped_margin})"] = score()
-        finally:
-            model.config.box_margin = shipped_margin
-            for p in val:
-                p.prompts = prompts[p.image_id]
+    # Crop settings change the network's input, so its probabilities are computed again for each.
+    prompts = {p.image_id: p.prompts for p in val}
+    for name, key, values in (("crop margin", "box_margin", (0.05, 0.15, 0.2)),
+                              ("crop size (px)", "box_size", (320, 384))):
+        shipped = getattr(model.config, key)
+        for value in values:
+            setattr(model.config, key, value)
+            try:
+                for p in val:
+                    p.prompts = predict.box_probabilities(model, p.image, p.boxes)
+                results[f"{name} {value} (shipped {shipped})"] = score()
+            finally:
+                setattr(model.config, key, shipped)
+                for p in val:
+                    p.prompts = prompts[p.image_id]
     return results
 
 

@@ -80,6 +80,11 @@ def train_command(
     dataset: Annotated[Path, typer.Argument(help="Bench-format data set (catalog/products.jsonl + scenes/instances.json).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, config.json, model card, report/).")],
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation mIoU may stop sooner).")] = 14,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better validation "
+                                          "score (the mean of text mIoU and box IoU).")] = 4,
+    ema_decay: Annotated[float, typer.Option(min=0.0, max=0.9999, help="Validate and keep a moving average of the "
+                                             "weights with at most this decay (timm's ModelEmaV3); 0 turns it "
+                                             "off.")] = 0.0,
     size: Annotated[int, typer.Option(min=64, max=1024, help="Box crops are resized to SIZE x SIZE.")] = 256,
     text_size: Annotated[int, typer.Option(min=64, max=2048, help="Long side of whole photos for text prompts.")] = 384,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the split, the initialisation and the augmentations.")] = 42,
@@ -119,8 +124,9 @@ def train_command(
         raise _fail(f"--variant {variant!r}: choose {', '.join(VARIANTS[:-1])} or {VARIANTS[-1]}")
     from .train import TrainOptions, train_model
 
-    opts = TrainOptions(epochs=epochs, box_size=size, text_long_side=text_size, seed=seed, threads=threads,
-                        device=device, max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
+    opts = TrainOptions(epochs=epochs, patience=patience, ema_decay=ema_decay, box_size=size, text_long_side=text_size,
+                        seed=seed, threads=threads, device=device, max_train_minutes=max_minutes or None,
+                        baselines=baselines, limit_images=limit,
                         paste_share=paste_share, paste_unplaced=paste_unplaced, boundary_weight=boundary_weight,
                         variant=variant, box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
     try:

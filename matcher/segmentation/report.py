@@ -223,8 +223,9 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
 
 
 # Training options a model card's reproduce command repeats when a run changed them (matcher seg train's flags).
-CARD_OPTIONS = {"split_seed": "--split-seed", "epochs": "--epochs", "max_train_minutes": "--max-minutes",
-                "box_size": "--size", "text_long_side": "--text-size", "variant": "--variant",
+CARD_OPTIONS = {"split_seed": "--split-seed", "epochs": "--epochs", "patience": "--patience",
+                "ema_decay": "--ema-decay", "max_train_minutes": "--max-minutes", "box_size": "--size",
+                "text_long_side": "--text-size", "variant": "--variant",
                 "paste_share": "--paste-share", "paste_unplaced": "--paste-unplaced",
                 "boundary_weight": "--boundary-weight", "box_jitter_p": "--box-jitter-p",
                 "box_context": "--box-context"}

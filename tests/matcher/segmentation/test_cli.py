@@ -115,6 +115,27 @@ def test_seg_train_refuses_a_negative_seed_by_name(tiny_bench, tmp_path, option)
     assert not (tmp_path / "m").exists()
 
 
+def test_seg_train_passes_patience_and_the_moving_average_to_training(tiny_bench, tmp_path, monkeypatch):
+    runs = []
+
+    def fake_training(dataset, out, opts, report):
+        runs.append(opts)
+        return {"model_id": "learned:test", "test": {"miou": 0.5, "dice": 0.6, "box_iou": 0.7}}
+
+    monkeypatch.setattr("matcher.segmentation.train.train_model", fake_training)
+    result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), "--patience", "9",
+                                 "--ema-decay", "0.998"])
+    assert result.exit_code == 0, result.stderr
+    assert (runs[0].patience, runs[0].ema_decay) == (9, 0.998)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--patience", "0"), ("--ema-decay", "1")])
+def test_seg_train_refuses_an_out_of_range_stopping_option_by_name(tiny_bench, tmp_path, option, value):
+    result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), option, value])
+    assert result.exit_code == 2 and option in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_seg_train_refuses_an_unknown_encoder_variant(tiny_bench, tmp_path):
     result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), "--variant", "lite9"])
     assert result.exit_code == 2 and "choose lite0, lite1 or lite2" in result.stderr

@@ -29,10 +29,11 @@ def test_reproduce_command_keeps_a_split_seed_apart_from_the_seed():
 
 
 def test_reproduce_command_names_the_epochs_sizes_and_time_budget_of_a_longer_run():
-    run = {"dataset": "d", "seed": 42, "epochs": 18, "max_train_minutes": 50.0, "box_size": 320,
-           "text_long_side": 384, "paste_share": 0.5, "paste_unplaced": True}
-    assert reproduce_command(run) == ("matcher seg train d --out MODEL_DIR --seed 42 --epochs 18 --max-minutes 50 "
-                                      "--size 320 --paste-share 0.5 --paste-unplaced")
+    run = {"dataset": "d", "seed": 42, "epochs": 18, "patience": 4, "ema_decay": 0.998, "max_train_minutes": 50.0,
+           "box_size": 320, "text_long_side": 384, "paste_share": 0.5, "paste_unplaced": True}
+    assert reproduce_command(run) == ("matcher seg train d --out MODEL_DIR --seed 42 --epochs 18 --ema-decay 0.998 "
+                                      "--max-minutes 50 --size 320 --paste-share 0.5 --paste-unplaced")
+    assert "--epochs 18 --patience 18 --ema-decay" in reproduce_command({**run, "patience": 18})
     assert "--max-minutes 0 --size 320" in reproduce_command({**run, "max_train_minutes": None})
 
 

