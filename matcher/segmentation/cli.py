@@ -100,6 +100,8 @@ def train_command(
     paste_unplaced: Annotated[bool, typer.Option(help="Copy-paste samples also use the catalog's products that "
                                                  "no photo of the data set shows (new shapes, no validation or "
                                                  "test object among them).")] = False,
+    paste_seen: Annotated[bool, typer.Option(help="Copy-paste samples use the products seen in training photos; "
+                                             "--no-paste-seen with --paste-unplaced pastes new shapes only.")] = True,
     boundary_weight: Annotated[float, typer.Option(min=0.0, max=20.0, help="Box samples: extra loss weight of "
                                                    "pixels within 3 px of the object's outline (thin parts, gaps "
                                                    "between legs); 0 turns it off.")] = 0.0,
@@ -118,6 +120,8 @@ def train_command(
     _require_bench(dataset)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise _fail(f"--out {out} exists and is not a model directory; choose an empty or new folder")
+    if paste_share > 0 and not (paste_seen or paste_unplaced):
+        raise _fail("--no-paste-seen leaves nothing to paste: add --paste-unplaced, or --paste-share 0")
     from ..backends.effnet_embedder import VARIANTS
 
     if variant not in VARIANTS:
@@ -127,7 +131,8 @@ def train_command(
     opts = TrainOptions(epochs=epochs, patience=patience, ema_decay=ema_decay, box_size=size, text_long_side=text_size,
                         seed=seed, threads=threads, device=device, max_train_minutes=max_minutes or None,
                         baselines=baselines, limit_images=limit,
-                        paste_share=paste_share, paste_unplaced=paste_unplaced, boundary_weight=boundary_weight,
+                        paste_share=paste_share, paste_unplaced=paste_unplaced, paste_seen=paste_seen,
+                        boundary_weight=boundary_weight,
                         variant=variant, box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))

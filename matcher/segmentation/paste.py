@@ -7,8 +7,9 @@ objects and only the front one is the answer) and sometimes behind an occluder (
 target minus the occluder): the cases that cost box mode most on the validation split.  The box prompt
 is the visible target's box, cut by the same ``box_sample`` as real instances.
 
-Only products that appear in training photos are pasted (and, with ``paste_unplaced``, catalog products that
-appear in no photo at all), so products seen only in validation or test photos stay unseen.  Pure functions
+Only products that appear in training photos (unless ``paste_seen`` is off) and, with ``paste_unplaced``,
+catalog products that appear in no photo at all are pasted, so products seen only in validation or test photos
+stay unseen.  Pure functions
 over numpy arrays, except :func:`load_cutouts`, which reads files.
 """
 

@@ -226,9 +226,14 @@ def refinements(sweep: dict[str, Any], key: str = "refine_val") -> str:
 CARD_OPTIONS = {"split_seed": "--split-seed", "epochs": "--epochs", "patience": "--patience",
                 "ema_decay": "--ema-decay", "max_train_minutes": "--max-minutes", "box_size": "--size",
                 "text_long_side": "--text-size", "variant": "--variant",
-                "paste_share": "--paste-share", "paste_unplaced": "--paste-unplaced",
+                "paste_share": "--paste-share", "paste_unplaced": "--paste-unplaced", "paste_seen": "--paste-seen",
                 "boundary_weight": "--boundary-weight", "box_jitter_p": "--box-jitter-p",
                 "box_context": "--box-context"}
+
+
+def bool_flag(flag: str, value: bool) -> str:
+    """Typer's spelling of a switch: ``--paste-unplaced`` on, ``--no-paste-seen`` off."""
+    return flag if value else f"--no-{flag[2:]}"
 
 
 def reproduce_command(train: dict[str, Any]) -> str:
@@ -243,8 +248,8 @@ def reproduce_command(train: dict[str, Any]) -> str:
         if key == "max_train_minutes" and value is None:
             value = 0.0  # no time budget: the command line's 0
         if value != defaults[key]:
-            options.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float)
-                           else f"{flag} {value}")
+            options.append(bool_flag(flag, value) if isinstance(value, bool) else f"{flag} {value:g}"
+                           if isinstance(value, float) else f"{flag} {value}")
     return f"matcher seg train {train['dataset']} --out MODEL_DIR {' '.join(options)}"
 
 
@@ -265,12 +270,12 @@ def paste_sentence(train: dict[str, Any]) -> str:
     """The model card's words on the run's copy-paste samples ("" when it had none), after the data's credits."""
     if not train.get("paste_share"):
         return ""
-    unplaced = (" Catalog products that no photo of the data set shows are pasted too."
-                if train.get("paste_unplaced") else "")
+    seen, unplaced = train.get("paste_seen", True), train.get("paste_unplaced", False)
+    products = " and ".join(["the products seen in training photos"] * seen
+                            + ["the catalog products that no photo of the data set shows"] * unplaced)
     return (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
-            "catalog cutouts (photo and alpha matte) of the products seen in training photos, pasted into training "
-            "photos, in front of or behind other products; products seen only in validation or test photos are "
-            f"never pasted.{unplaced}")
+            f"catalog cutouts (photo and alpha matte) of {products}, pasted into training photos, in front of or "
+            "behind other products; products seen only in validation or test photos are never pasted.")
 
 
 def budget_sentence(train: dict[str, Any]) -> str:

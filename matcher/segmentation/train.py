@@ -64,6 +64,7 @@ class TrainOptions:
     box_share: float = 0.6  # share of the training instances used as box samples in an epoch
     paste_share: float = 0.0  # copy-paste box samples (catalog cutouts in training photos) per epoch, same unit; 0: off
     paste_unplaced: bool = False  # also paste the catalog's products that no photo of the data set shows
+    paste_seen: bool = True  # paste the products seen in training photos (False with paste_unplaced: new shapes only)
     text_repeats: int = 1  # times each training photo is a text sample in an epoch
     min_label_instances: int = 5  # a label needs this many training instances to get a channel
     text_batch: int = 4
@@ -115,12 +116,12 @@ class PastePool:
     photo_ids: list[int]
 
 
-def paste_pool(bench: Bench, train_ids: Sequence[int], unplaced: bool = False) -> PastePool | None:
-    """Cutouts of every product seen in a training photo and, with ``unplaced``, of every catalog product seen in
-    no photo of the data set: new shapes that no validation or test object shares (None when the catalog has no
-    photos or mattes)."""
+def paste_pool(bench: Bench, train_ids: Sequence[int], unplaced: bool = False, seen: bool = True) -> PastePool | None:
+    """Cutouts of every product seen in a training photo (unless not ``seen``) and, with ``unplaced``, of every
+    catalog product seen in no photo of the data set: new shapes that no validation or test object shares (None
+    when the catalog has no photos or mattes)."""
     products = read_products(bench.root)
-    skus = {inst.sku for i in train_ids for inst in bench.scenes[i].instances if inst.sku}
+    skus = {inst.sku for i in train_ids for inst in bench.scenes[i].instances if inst.sku} if seen else set()
     if unplaced:
         skus |= set(products) - {inst.sku for scene in bench.scenes.values() for inst in scene.instances}
     cutouts = load_cutouts(bench.root, products, skus)
@@ -384,10 +385,11 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
     augment = Augment(box_jitter_p=opts.box_jitter_p)
     transform = augment.photometric()
     frozen = freeze_early_layers(net, opts.freeze_blocks)
-    pool = paste_pool(bench, split["train"], opts.paste_unplaced) if opts.paste_share > 0 else None
+    pool = (paste_pool(bench, split["train"], opts.paste_unplaced, opts.paste_seen) if opts.paste_share > 0
+            else None)
     if pool is not None:
-        report(f"copy-paste box samples from {len(pool.cutouts)} catalog cutouts of training-photo products"
-               + (" and of products in no photo" if opts.paste_unplaced else ""))
+        kinds = ["training-photo products"] * opts.paste_seen + ["products in no photo"] * opts.paste_unplaced
+        report(f"copy-paste box samples from {len(pool.cutouts)} catalog cutouts of {' and '.join(kinds)}")
     steps_per_epoch = len(plan_epoch(bench, split["train"], np.random.default_rng(0), opts, pool is not None))
     optimizer, scheduler, plan = make_optimizer(net, opts, opts.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None

@@ -136,6 +136,13 @@ def test_seg_train_refuses_an_out_of_range_stopping_option_by_name(tiny_bench, t
     assert not (tmp_path / "m").exists()
 
 
+def test_seg_train_refuses_copy_paste_with_nothing_to_paste(tiny_bench, tmp_path):
+    result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), "--paste-share", "0.5",
+                                 "--no-paste-seen"])
+    assert result.exit_code == 2 and "--no-paste-seen leaves nothing to paste" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_seg_train_refuses_an_unknown_encoder_variant(tiny_bench, tmp_path):
     result = runner.invoke(app, ["seg", "train", str(tiny_bench), "--out", str(tmp_path / "m"), "--variant", "lite9"])
     assert result.exit_code == 2 and "choose lite0, lite1 or lite2" in result.stderr

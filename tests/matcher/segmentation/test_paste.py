@@ -94,19 +94,22 @@ def test_unplaced_products_join_the_pool_but_no_validation_or_test_product_does(
 
     root = write_bench(tmp_path / "bench", catalog_photos=True)
     chair = read_products(root)["test/chair-1"]
-    row = dict(chair, sku="test/stool-9", name="Stool")  # in the catalog, in no photo
-    for kind in ("image", "alpha"):
-        row[kind] = chair[kind].replace("chair-1", "stool-9")
-        shutil.copy(root / chair[kind], root / row[kind])
-    with (root / "catalog" / "products.jsonl").open("a") as rows:
-        rows.write(json.dumps(row) + "\n")
+    unplaced = {"test/stool-8", "test/stool-9"}  # in the catalog, in no photo
+    for sku in sorted(unplaced):
+        row = dict(chair, sku=sku, name="Stool")
+        for kind in ("image", "alpha"):
+            row[kind] = chair[kind].replace("chair-1", sku.split("/")[1])
+            shutil.copy(root / chair[kind], root / row[kind])
+        with (root / "catalog" / "products.jsonl").open("a") as rows:
+            rows.write(json.dumps(row) + "\n")
     bench = read_bench(root)
     split = split_bench(bench)
     train_ids = split["train"][:1]  # one training photo: the other photos' products must stay out
     in_train = {i.sku for i in bench.scenes[train_ids[0]].instances}
     assert {c.sku for c in paste_pool(bench, train_ids).cutouts} <= in_train
     with_unplaced = {c.sku for c in paste_pool(bench, train_ids, unplaced=True).cutouts}
-    assert "test/stool-9" in with_unplaced and with_unplaced - {"test/stool-9"} <= in_train
+    assert unplaced <= with_unplaced and with_unplaced - unplaced <= in_train
+    assert {c.sku for c in paste_pool(bench, train_ids, unplaced=True, seen=False).cutouts} == unplaced
 
 
 def test_train_model_reports_the_copy_paste_samples(tmp_path):

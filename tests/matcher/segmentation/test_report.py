@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from matcher.segmentation.report import budget_sentence, encoder_package, reproduce_command
+from matcher.segmentation.report import budget_sentence, encoder_package, paste_sentence, reproduce_command
 
 
 def test_reproduce_command_names_only_the_options_a_run_changed():
@@ -35,6 +35,17 @@ def test_reproduce_command_names_the_epochs_sizes_and_time_budget_of_a_longer_ru
                                       "--max-minutes 50 --size 320 --paste-share 0.5 --paste-unplaced")
     assert "--epochs 18 --patience 18 --ema-decay" in reproduce_command({**run, "patience": 18})
     assert "--max-minutes 0 --size 320" in reproduce_command({**run, "max_train_minutes": None})
+    assert reproduce_command({**run, "paste_seen": False}).endswith("--paste-unplaced --no-paste-seen")
+
+
+def test_the_card_says_which_products_were_pasted():
+    run = {"paste_share": 0.5}
+    assert paste_sentence({"paste_share": 0.0}) == ""
+    assert "cutouts (photo and alpha matte) of the products seen in training photos, pasted" in paste_sentence(run)
+    both = paste_sentence({**run, "paste_unplaced": True})
+    assert "of the products seen in training photos and the catalog products that no photo of the data set " in both
+    assert "cutouts (photo and alpha matte) of the catalog products that no photo of the data set shows, pasted" in (
+        paste_sentence({**run, "paste_unplaced": True, "paste_seen": False}))
 
 
 def test_the_card_states_the_runs_own_time_budget():
