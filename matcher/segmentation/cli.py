@@ -79,7 +79,7 @@ def _require_bench(dataset: Path) -> None:
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="Bench-format data set (catalog/products.jsonl + scenes/instances.json).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (weights, config.json, model card, report/).")],
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation mIoU may stop sooner).")] = 14,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping, see --patience, may stop sooner).")] = 14,
     patience: Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better validation "
                                           "score (the mean of text mIoU and box IoU).")] = 4,
     ema_decay: Annotated[float, typer.Option(min=0.0, max=0.9999, help="Validate and keep a moving average of the "
@@ -129,11 +129,11 @@ def train_command(
     from .train import TrainOptions, train_model
 
     opts = TrainOptions(epochs=epochs, patience=patience, ema_decay=ema_decay, box_size=size, text_long_side=text_size,
-                        seed=seed, threads=threads, device=device, max_train_minutes=max_minutes or None,
-                        baselines=baselines, limit_images=limit,
+                        seed=seed, split_seed=split_seed, threads=threads, device=device,
+                        max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
                         paste_share=paste_share, paste_unplaced=paste_unplaced, paste_seen=paste_seen,
-                        boundary_weight=boundary_weight,
-                        variant=variant, box_jitter_p=box_jitter_p, box_context=box_context, split_seed=split_seed)
+                        boundary_weight=boundary_weight, variant=variant, box_jitter_p=box_jitter_p,
+                        box_context=box_context)
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -9,8 +9,7 @@ is the visible target's box, cut by the same ``box_sample`` as real instances.
 
 Only products that appear in training photos (unless ``paste_seen`` is off) and, with ``paste_unplaced``,
 catalog products that appear in no photo at all are pasted, so products seen only in validation or test photos
-stay unseen.  Pure functions
-over numpy arrays, except :func:`load_cutouts`, which reads files.
+stay unseen.  Pure functions over numpy arrays, except :func:`load_cutouts`, which reads files.
 """
 
 from __future__ import annotations
