@@ -120,20 +120,21 @@ def train_command(
     _require_bench(dataset)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise _fail(f"--out {out} exists and is not a model directory; choose an empty or new folder")
-    if paste_share > 0 and not (paste_seen or paste_unplaced):
-        raise _fail("--no-paste-seen leaves nothing to paste: add --paste-unplaced, or --paste-share 0")
     from ..backends.effnet_embedder import VARIANTS
 
     if variant not in VARIANTS:
         raise _fail(f"--variant {variant!r}: choose {', '.join(VARIANTS[:-1])} or {VARIANTS[-1]}")
     from .train import TrainOptions, train_model
 
-    opts = TrainOptions(epochs=epochs, patience=patience, ema_decay=ema_decay, box_size=size, text_long_side=text_size,
-                        seed=seed, split_seed=split_seed, threads=threads, device=device,
-                        max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
-                        paste_share=paste_share, paste_unplaced=paste_unplaced, paste_seen=paste_seen,
-                        boundary_weight=boundary_weight, variant=variant, box_jitter_p=box_jitter_p,
-                        box_context=box_context)
+    try:
+        opts = TrainOptions(epochs=epochs, patience=patience, ema_decay=ema_decay, box_size=size,
+                            text_long_side=text_size, seed=seed, split_seed=split_seed, threads=threads, device=device,
+                            max_train_minutes=max_minutes or None, baselines=baselines, limit_images=limit,
+                            paste_share=paste_share, paste_unplaced=paste_unplaced, paste_seen=paste_seen,
+                            boundary_weight=boundary_weight, variant=variant, box_jitter_p=box_jitter_p,
+                            box_context=box_context)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     try:
         data = train_model(dataset, out, opts, report=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -54,6 +54,12 @@ def cutout_from(sku: str, rgb: np.ndarray, alpha: np.ndarray, max_side: int = CU
     return Cutout(sku, np.ascontiguousarray(rgb), alpha)
 
 
+def pasted_products(seen: bool, unplaced: bool) -> str:
+    """Which products a run's copy-paste samples use, in words (training log and model card)."""
+    return " and ".join(["the products seen in training photos"] * seen
+                        + ["the catalog products that no photo of the data set shows"] * unplaced)
+
+
 def load_cutouts(root: Path, products: dict[str, dict], skus: Iterable[str]) -> list[Cutout]:
     """Cutouts of ``skus`` from the catalog's photos and alpha mattes; rows without both files are skipped."""
     from PIL import Image

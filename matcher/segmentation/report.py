@@ -15,6 +15,7 @@ import numpy as np
 from .data import Bench, decode_mask
 from .evaluate import evaluate_model, iou_and_dice, locked_box_iou, run_tallies
 from .model import CARD_FILE, WEIGHTS_FILE, SegConfig, SegModel, split_seed_of
+from .paste import pasted_products
 from .predict import label_mask, segment_boxes, segment_prompt, text_probabilities
 
 REPORT_DIR = "report"
@@ -270,9 +271,7 @@ def paste_sentence(train: dict[str, Any]) -> str:
     """The model card's words on the run's copy-paste samples ("" when it had none), after the data's credits."""
     if not train.get("paste_share"):
         return ""
-    seen, unplaced = train.get("paste_seen", True), train.get("paste_unplaced", False)
-    products = " and ".join(["the products seen in training photos"] * seen
-                            + ["the catalog products that no photo of the data set shows"] * unplaced)
+    products = pasted_products(train.get("paste_seen", True), train.get("paste_unplaced", False))
     return (f" Box samples include copy-paste composites ({train['paste_share']:g} per training instance and epoch): "
             f"catalog cutouts (photo and alpha matte) of {products}, pasted into training photos, in front of or "
             "behind other products; products seen only in validation or test photos are never pasted.")

@@ -40,7 +40,7 @@ from .evaluate import DEFAULT_THRESHOLDS, evaluate_model, locked_box_iou, run_ta
 from .labels import known_labels
 from .model import (BOX_REFINEMENTS, TEXT_REFINEMENTS, SegConfig, SegModel, build_segnet, save_model_dir,
                     split_seed_of)
-from .paste import Cutout, load_cutouts, paste_composite
+from .paste import Cutout, load_cutouts, paste_composite, pasted_products
 from .predict import to_tensor
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ class TrainOptions:
     baselines: bool = True  # untrained decoder and classical segmenter on the test split
     panels: int = 4
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+
+    def __post_init__(self) -> None:
+        if self.paste_share > 0 and not (self.paste_seen or self.paste_unplaced):
+            raise ValueError("--no-paste-seen leaves nothing to paste (paste_seen and paste_unplaced both off): add "
+                             "--paste-unplaced, or --paste-share 0")
 
 
 @dataclass
@@ -388,8 +393,8 @@ def fit(model: SegModel, bench: Bench, split: dict[str, list[int]], images: Imag
     pool = (paste_pool(bench, split["train"], opts.paste_unplaced, opts.paste_seen) if opts.paste_share > 0
             else None)
     if pool is not None:
-        kinds = ["training-photo products"] * opts.paste_seen + ["products in no photo"] * opts.paste_unplaced
-        report(f"copy-paste box samples from {len(pool.cutouts)} catalog cutouts of {' and '.join(kinds)}")
+        report(f"copy-paste box samples from {len(pool.cutouts)} catalog cutouts of "
+               f"{pasted_products(opts.paste_seen, opts.paste_unplaced)}")
     steps_per_epoch = len(plan_epoch(bench, split["train"], np.random.default_rng(0), opts, pool is not None))
     optimizer, scheduler, plan = make_optimizer(net, opts, opts.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None

@@ -123,6 +123,13 @@ def test_the_weights_moving_average_is_what_is_validated_and_kept(tiny_bench, mo
     assert train.weight_average(model.net, 0.0) is None  # off by default
 
 
+def test_copy_paste_with_nothing_to_paste_is_refused_by_the_options_themselves():
+    with pytest.raises(ValueError, match="--no-paste-seen leaves nothing to paste"):
+        TrainOptions(paste_share=0.5, paste_seen=False)
+    assert TrainOptions(paste_share=0.5, paste_seen=False, paste_unplaced=True).paste_seen is False
+    assert TrainOptions(paste_share=0.0, paste_seen=False).paste_share == 0.0  # no copy-paste: nothing to check
+
+
 def test_threshold_is_chosen_on_validation_and_stored(tiny_bench, monkeypatch):
     from matcher.segmentation import train
 
