@@ -1,6 +1,8 @@
 """Where box-prompted segmentation loses IoU: the learned model's box mode (ground-truth boxes, a photo's boxes
 at once, its locked threshold, refinement and competing boxes) on the validation and test split of its training
-data set, broken down by outline, overlap with other boxes and object size, with the worst instances; and, with
+data set, broken down by outline, overlap with other boxes and object size, with the worst instances; where the
+lost IoU lies (pixels wrongly taken or missed, near the true outline, on other objects, elsewhere); two bounds
+that say what does not limit it (the network's output grid; a shift of the outline by a pixel); and, with
 ``--options``, inference-time settings tried on the validation split.
 
     .venv/bin/python scripts/bench_seg_boxes.py ../shared/bench/furniture-dev [--model MODEL_DIR] [--options]
@@ -18,17 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import matcher.segmentation.predict as predict  # noqa: E402
-from matcher.segmentation.data import load_rgb, outline_band, read_bench, split_bench  # noqa: E402
+from matcher.segmentation.data import (box_window, crop_window, load_rgb, outline_band, read_bench,  # noqa: E402
+                                      resize_to, split_bench)
 from matcher.segmentation.evaluate import iou_and_dice, scene_truth  # noqa: E402
 from matcher.segmentation.model import SegModel, load_model_dir  # noqa: E402
 from matcher.types import Box  # noqa: E402
 
-OUTLINE_BAND_PX = 3  # pixels either side of the true outline left out by the "outline ignored" figure
+OUTLINE_BAND_PX = 3  # pixels either side of the true outline: left out by "outline ignored", "near" in LOSS_PARTS
 SIZE_BINS = (0, 1_000, 3_000, 10_000, 30_000)  # true mask area in pixels
 
 
@@ -88,16 +92,60 @@ def size_bin(area: int) -> str:
     return SIZE_LABELS[sum(area >= b for b in SIZE_BINS[1:])]
 
 
+LOSS_PARTS = {  # each part's pixels over the union of mask and truth; per instance they add up to 1 - IoU
+    "taken_near_outline": "wrongly taken, near the true outline",
+    "taken_on_other_objects": "wrongly taken, on another annotated object",
+    "taken_elsewhere": "wrongly taken, elsewhere (backdrop, gaps between parts)",
+    "missed_near_outline": "missed, near the true outline",
+    "missed_elsewhere": "missed, away from the outline",
+}
+
+
+def loss_parts(mask: np.ndarray, truth: np.ndarray, others: np.ndarray, near: np.ndarray) -> dict[str, float]:
+    """Where one instance's IoU is lost: the wrong pixels by kind, each over the union (see LOSS_PARTS).
+    ``others`` are the photo's other annotated objects, ``near`` the band around the true outline."""
+    union = max(1, int(np.count_nonzero(mask | truth)))
+    taken, missed = mask & ~truth, truth & ~mask
+    counts = {"taken_near_outline": taken & near, "taken_on_other_objects": taken & ~near & others,
+              "taken_elsewhere": taken & ~near & ~others, "missed_near_outline": missed & near,
+              "missed_elsewhere": missed & ~near}
+    return {name: np.count_nonzero(part) / union for name, part in counts.items()}
+
+
+def output_grid_bound(truth: np.ndarray, box, model: SegModel) -> float:
+    """The IoU of the true mask itself sent through the network's output grid (the box crop at half the crop
+    size: the decoder's stride-2 logits), resized back and thresholded at 0.5: what resolution alone costs."""
+    cfg = model.config
+    window = box_window(box, cfg.box_margin)
+    crop = crop_window(truth.astype(np.float32), window, 0.0)
+    grid = resize_to(resize_to(crop, (cfg.box_size // 2, cfg.box_size // 2)), (cfg.box_size, cfg.box_size))
+    back = cv2.resize(grid, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
+    return iou_and_dice(predict.paste(window, back, truth.shape), truth)[0]
+
+
+def shifted_outline_ious(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The IoU of the mask grown and shrunk by one pixel: if the outlines sat a pixel off one way, one of
+    them would gain."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    mask8 = mask.astype(np.uint8)
+    return (iou_and_dice(cv2.dilate(mask8, cross) > 0, truth)[0], iou_and_dice(cv2.erode(mask8, cross) > 0, truth)[0])
+
+
 def instance_rows(photos: list[Photo], model: SegModel) -> list[dict]:
     rows = []
     for photo in photos:
         refined, plain = masks_of(photo, model), masks_of(photo, model, refine="none")
         for k, (truth, mask, rough) in enumerate(zip(photo.truths, refined, plain)):
-            keep = ~outline_band(truth, OUTLINE_BAND_PX)
+            near = outline_band(truth, OUTLINE_BAND_PX)
+            others = np.logical_or.reduce([t for j, t in enumerate(photo.truths) if j != k] + [np.zeros_like(truth)])
+            grown, shrunk = shifted_outline_ious(mask, truth)
             rows.append({"part": photo.part, "image_id": photo.image_id, "sku": photo.skus[k],
                          "area": int(truth.sum()), "iou": iou_and_dice(mask, truth)[0],
                          "iou_unrefined": iou_and_dice(rough, truth)[0],
-                         "iou_outline_ignored": iou_and_dice(mask & keep, truth & keep)[0],
+                         "iou_outline_ignored": iou_and_dice(mask & ~near, truth & ~near)[0],
+                         **loss_parts(mask, truth, others, near),
+                         "grid_bound": output_grid_bound(truth, photo.boxes[k], model),
+                         "iou_grown": grown, "iou_shrunk": shrunk,
                          "overlap": overlap_kind(photo, k), "size": size_bin(int(truth.sum()))})
     return rows
 
@@ -122,6 +170,10 @@ def summarise(rows: list[dict], worst: int) -> dict:
                      "box_iou_unrefined": float(np.mean([r["iou_unrefined"] for r in mine])),
                      "box_iou_outline_ignored": float(np.mean([r["iou_outline_ignored"] for r in mine])),
                      "worst_share_of_loss": sum(1 - r["iou"] for r in lost[:10]) / total_loss,
+                     "loss_parts": {name: float(np.mean([r[name] for r in mine])) for name in LOSS_PARTS},
+                     "output_grid_bound": float(np.mean([r["grid_bound"] for r in mine])),
+                     "box_iou_grown_1px": float(np.mean([r["iou_grown"] for r in mine])),
+                     "box_iou_shrunk_1px": float(np.mean([r["iou_shrunk"] for r in mine])),
                      "by_overlap": grouped(mine, "overlap", OVERLAP_KINDS),
                      "by_size": grouped(mine, "size", SIZE_LABELS),
                      "worst": [{k: r[k] for k in ("image_id", "sku", "area", "iou", "iou_outline_ignored")}
@@ -177,6 +229,14 @@ def print_report(report: dict) -> None:
               f"{s['box_iou_unrefined']:.3f}; {OUTLINE_BAND_PX} px either side of the true outline ignored "
               f"{s['box_iou_outline_ignored']:.3f}); "
               f"the 10 worst instances carry {s['worst_share_of_loss']:.0%} of the IoU lost\n")
+        print(f"| where the IoU is lost ({OUTLINE_BAND_PX} px either side of the true outline is near) | share of "
+              "the union, mean over instances |\n|---|---|")
+        for name, text in LOSS_PARTS.items():
+            print(f"| {text} | {s['loss_parts'][name]:.3f} |")
+        print(f"| (all: 1 - box IoU) | {sum(s['loss_parts'].values()):.3f} |\n")
+        print(f"Bounds: the true masks sent through the network's output grid keep IoU {s['output_grid_bound']:.3f}; "
+              f"the masks grown by 1 px score {s['box_iou_grown_1px']:.3f}, shrunk by 1 px "
+              f"{s['box_iou_shrunk_1px']:.3f}.\n")
         for title, key in (("overlap with the photo's other boxes", "by_overlap"), ("true area (px)", "by_size")):
             print(f"| {title} | n | box IoU | no refinement | IoU lost |\n|---|---|---|---|---|")
             for name, g in s[key].items():
