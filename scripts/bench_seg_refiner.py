@@ -38,6 +38,7 @@ BATCH = 32
 CHANNELS = 16
 DILATIONS = (1, 2, 4, 8, 1)  # receptive field 35 px
 MAX_SIDE = 512  # windows larger than this are refined at this long side
+GRABCUT_CHANNEL = 4  # of Window.inputs: RGB, probability, GrabCut mask
 
 
 @dataclass
@@ -97,7 +98,7 @@ def patch_sampler(windows: list[Window], rng: np.random.Generator):
     """Random (inputs, probs, truth, valid) patches, mostly around the true or the locked outline."""
     kernel = np.ones((5, 5), np.uint8)
     near = [np.argwhere(cv2.morphologyEx(w.truth.astype(np.uint8), cv2.MORPH_GRADIENT, kernel)
-                        | cv2.morphologyEx((w.inputs[..., 4] > 0).astype(np.uint8), cv2.MORPH_GRADIENT, kernel))
+                        | cv2.morphologyEx((w.inputs[..., GRABCUT_CHANNEL] > 0).astype(np.uint8), cv2.MORPH_GRADIENT, kernel))
             for w in windows]
 
     def one():
