@@ -96,10 +96,10 @@ def windows_of(model: SegModel, bench, split, part: str) -> list[Window]:
 
 def patch_sampler(windows: list[Window], rng: np.random.Generator):
     """Random (inputs, probs, truth, valid) patches, mostly around the true or the locked outline."""
-    kernel = np.ones((5, 5), np.uint8)
-    near = [np.argwhere(cv2.morphologyEx(w.truth.astype(np.uint8), cv2.MORPH_GRADIENT, kernel)
-                        | cv2.morphologyEx((w.inputs[..., GRABCUT_CHANNEL] > 0).astype(np.uint8), cv2.MORPH_GRADIENT, kernel))
-            for w in windows]
+    def outline(mask: np.ndarray) -> np.ndarray:
+        return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8))
+
+    near = [np.argwhere(outline(w.truth) | outline(w.inputs[..., GRABCUT_CHANNEL] > 0)) for w in windows]
 
     def one():
         k = int(rng.integers(len(windows)))
@@ -107,7 +107,8 @@ def patch_sampler(windows: list[Window], rng: np.random.Generator):
         h, wd = w.probs.shape
         cy, cx = points[rng.integers(len(points))] if len(points) and rng.random() < 0.8 else \
             (rng.integers(h), rng.integers(wd))
-        y0, x0 = int(np.clip(cy - PATCH // 2, 0, max(0, h - PATCH))), int(np.clip(cx - PATCH // 2, 0, max(0, wd - PATCH)))
+        y0 = int(np.clip(cy - PATCH // 2, 0, max(0, h - PATCH)))
+        x0 = int(np.clip(cx - PATCH // 2, 0, max(0, wd - PATCH)))
         rows, cols = slice(y0, y0 + PATCH), slice(x0, x0 + PATCH)
         parts = [w.inputs[rows, cols], w.probs[rows, cols], w.truth[rows, cols].astype(np.float32),
                  w.valid[rows, cols].astype(np.float32)]
