@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import matcher.segmentation.predict as predict  # noqa: E402
-from bench_seg_boxes import read_photos  # noqa: E402
+from bench_seg_boxes import masks_of, read_photos  # noqa: E402
 from matcher.segmentation.data import PAD_RGB, crop_window, read_bench, split_bench  # noqa: E402
 from matcher.segmentation.evaluate import iou_and_dice, scene_truth  # noqa: E402
 from matcher.segmentation.model import SegModel, load_model_dir  # noqa: E402
@@ -79,13 +79,11 @@ def windows_of(model: SegModel, bench, split, part: str) -> list[Window]:
     for photo in read_photos(model, bench, split, (part,)):
         shape = photo.image.shape[:2]
         _, valid = scene_truth(bench, photo.image_id, shape)
+        # the probabilities the locked masks were cut from (after competing boxes, when the model has them on)
         prompts = predict.contest_overlaps(photo.prompts, photo.boxes, cfg.threshold_box) if cfg.box_contest \
             else photo.prompts
-        for (window, probs), box, truth in zip(prompts, photo.boxes, photo.truths):
-            locked, _ = predict.box_mask(window, probs, box, shape, cfg.threshold_box, cfg.postprocess_box,
-                                         cfg.refine_box, photo.image)
-            rgb = (crop_window(photo.image, window, PAD_RGB).astype(np.float32) / 255 - predict.IMAGENET_MEAN) \
-                / predict.IMAGENET_STD
+        for (window, probs), box, truth, locked in zip(prompts, photo.boxes, photo.truths, masks_of(photo, model)):
+            rgb = predict.to_tensor([crop_window(photo.image, window, PAD_RGB)])[0].permute(1, 2, 0).numpy()
             grabcut = crop_window(locked.astype(np.float32), window, 0.0)
             inputs = np.concatenate([rgb, (probs * 2 - 1)[..., None], (grabcut * 2 - 1)[..., None]], axis=-1)
             out.append(Window(inputs.astype(np.float32), probs.astype(np.float32),
